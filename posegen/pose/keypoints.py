@@ -1,0 +1,232 @@
+"""Keypoint conventions shared by every stage.
+
+posegen's internal keypoint format is **COCO-17**: an array ``float32 [17, 3]`` of ``(x, y, score)``
+per joint, in the order of :data:`COCO17_NAMES`. Coordinates are in **pixels of the image they were
+measured on**, x to the right and y down, using the *pixel-index* convention: the centre of the
+top-left pixel is ``(0, 0)`` and the centre of the bottom-right pixel is ``(W - 1, H - 1)``
+(so Pose-Transfer's integer annotations and ``numpy.fliplr`` agree with it). ``score`` is in
+``[0, 1]``; a joint that is missing or outside the image has score 0 and is never drawn or scored.
+
+Other skeletons (OpenPose-18 in Pose-Transfer CSVs, BlazePose-33 from mediapipe) are converted at
+the edges (readers, backends) with the functions here, never inside the stages.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "COCO17_NAMES",
+    "COCO17_FLIP_INDEX",
+    "COCO17_SKELETON",
+    "COCO17_OKS_SIGMAS",
+    "OPENPOSE18_NAMES",
+    "OPENPOSE18_TO_COCO17",
+    "NUM_KEYPOINTS",
+    "empty_keypoints",
+    "validate_keypoints",
+    "flip_keypoints",
+    "scale_keypoints",
+    "clip_to_image",
+    "num_confident",
+    "openpose18_to_coco17",
+    "coco17_to_openpose18",
+]
+
+NUM_KEYPOINTS = 17
+
+#: COCO-17 joint names, in order.
+COCO17_NAMES: tuple[str, ...] = (
+    "nose",
+    "left_eye",
+    "right_eye",
+    "left_ear",
+    "right_ear",
+    "left_shoulder",
+    "right_shoulder",
+    "left_elbow",
+    "right_elbow",
+    "left_wrist",
+    "right_wrist",
+    "left_hip",
+    "right_hip",
+    "left_knee",
+    "right_knee",
+    "left_ankle",
+    "right_ankle",
+)
+
+#: For a horizontally flipped image, joint ``i`` of the flipped pose is joint
+#: ``COCO17_FLIP_INDEX[i]`` of the original (left and right swap).
+COCO17_FLIP_INDEX: tuple[int, ...] = (0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15)
+
+#: Limbs as (joint a, joint b) index pairs: the 19 edges of the COCO keypoint skeleton
+#: (the ``skeleton`` field of COCO's person category, converted to 0-based indices).
+COCO17_SKELETON: tuple[tuple[int, int], ...] = (
+    (15, 13), (13, 11), (16, 14), (14, 12), (11, 12),
+    (5, 11), (6, 12), (5, 6), (5, 7), (6, 8),
+    (7, 9), (8, 10), (1, 2), (0, 1), (0, 2),
+    (1, 3), (2, 4), (3, 5), (4, 6),
+)  # fmt: skip
+
+#: Per-joint OKS sigmas of the COCO keypoint benchmark (cocoapi ``COCOeval``).
+COCO17_OKS_SIGMAS = np.array(
+    [0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87, 0.89, 0.89],
+    dtype=np.float32,
+) / 10.0
+
+#: OpenPose COCO-18 joint names, in order (the order of Pose-Transfer annotation CSVs).
+OPENPOSE18_NAMES: tuple[str, ...] = (
+    "nose",
+    "neck",
+    "right_shoulder",
+    "right_elbow",
+    "right_wrist",
+    "left_shoulder",
+    "left_elbow",
+    "left_wrist",
+    "right_hip",
+    "right_knee",
+    "right_ankle",
+    "left_hip",
+    "left_knee",
+    "left_ankle",
+    "right_eye",
+    "left_eye",
+    "right_ear",
+    "left_ear",
+)
+
+#: ``OPENPOSE18_TO_COCO17[i]`` is the OpenPose-18 index of COCO-17 joint ``i`` (the neck, OpenPose
+#: index 1, has no COCO-17 counterpart).
+OPENPOSE18_TO_COCO17: tuple[int, ...] = tuple(OPENPOSE18_NAMES.index(n) for n in COCO17_NAMES)
+
+_NECK = 1
+
+
+def empty_keypoints() -> np.ndarray:
+    """A pose with no joint: ``float32 [17, 3]`` of zeros (every score 0)."""
+    return np.zeros((NUM_KEYPOINTS, 3), dtype=np.float32)
+
+
+def validate_keypoints(kp) -> np.ndarray:
+    """Check and return keypoints as a C-contiguous ``float32 [17, 3]`` array.
+
+    Raises:
+        ValueError: if the shape is not ``[17, 3]`` (or a flat 51) or a value is not finite.
+    """
+    arr = np.asarray(kp, dtype=np.float32)
+    if arr.shape == (NUM_KEYPOINTS * 3,):
+        arr = arr.reshape(NUM_KEYPOINTS, 3)
+    if arr.shape != (NUM_KEYPOINTS, 3):
+        raise ValueError(f"keypoints must have shape [17, 3] (COCO-17 x, y, score), got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError("keypoints contain NaN or infinite values")
+    return np.ascontiguousarray(arr)
+
+
+def flip_keypoints(kp: np.ndarray, width: int) -> np.ndarray:
+    """Keypoints of the horizontally flipped image.
+
+    Args:
+        kp: ``float32 [..., 17, 3]`` COCO-17 ``(x, y, score)`` in pixels of an image ``width`` wide.
+        width: image width in pixels.
+
+    Returns:
+        ``float32 [..., 17, 3]``: ``x -> width - 1 - x`` (pixel-index convention) and left/right
+        joints swapped, so "left_shoulder" is still the person's left shoulder.
+    """
+    kp = np.asarray(kp, dtype=np.float32)
+    out = kp[..., list(COCO17_FLIP_INDEX), :].copy()
+    out[..., 0] = np.where(out[..., 2] > 0, (width - 1) - out[..., 0], out[..., 0])
+    return out
+
+
+def scale_keypoints(kp: np.ndarray, src_size: tuple[int, int], dst_size: tuple[int, int]) -> np.ndarray:
+    """Map keypoints from an image of ``src_size`` to the same image resized to ``dst_size``.
+
+    Args:
+        kp: ``float32 [..., 17, 3]`` in pixels of the source image.
+        src_size: source ``(width, height)`` in pixels.
+        dst_size: destination ``(width, height)`` in pixels.
+
+    Returns:
+        ``float32 [..., 17, 3]``; pixel centres are aligned (``x' = (x + 0.5) * W'/W - 0.5``), as
+        for a plain (non aspect-preserving) resize. Scores are unchanged.
+    """
+    kp = np.array(kp, dtype=np.float32, copy=True)
+    sx = dst_size[0] / float(src_size[0])
+    sy = dst_size[1] / float(src_size[1])
+    kp[..., 0] = (kp[..., 0] + 0.5) * sx - 0.5
+    kp[..., 1] = (kp[..., 1] + 0.5) * sy - 0.5
+    return kp
+
+
+def clip_to_image(kp: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Zero the score of joints outside ``[-0.5, W - 0.5) x [-0.5, H - 0.5)`` (the image area).
+
+    Args:
+        kp: ``float32 [..., 17, 3]`` in pixels.
+
+    Returns:
+        A copy; joints outside the image get score 0 (and x = y = 0), per posegen's contract.
+    """
+    kp = np.array(kp, dtype=np.float32, copy=True)
+    x, y = kp[..., 0], kp[..., 1]
+    outside = (x < -0.5) | (y < -0.5) | (x >= width - 0.5) | (y >= height - 0.5) | ~np.isfinite(x) | ~np.isfinite(y)
+    kp[..., 2] = np.where(outside, 0.0, kp[..., 2])
+    kp[..., 0] = np.where(outside, 0.0, kp[..., 0])
+    kp[..., 1] = np.where(outside, 0.0, kp[..., 1])
+    return kp
+
+
+def num_confident(kp: np.ndarray, min_score: float) -> np.ndarray | int:
+    """Number of joints with ``score >= min_score`` (an int for one pose, an array for a batch)."""
+    kp = np.asarray(kp)
+    n = (kp[..., 2] >= min_score).sum(axis=-1)
+    return int(n) if np.ndim(n) == 0 else n
+
+
+def openpose18_to_coco17(kp18: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Convert OpenPose COCO-18 keypoints to COCO-17.
+
+    Args:
+        kp18: ``float32 [..., 18, 3]`` ``(x, y, score)`` in OpenPose-18 order (:data:`OPENPOSE18_NAMES`).
+
+    Returns:
+        ``(kp17, neck)``: ``float32 [..., 17, 3]`` in COCO-17 order and the neck ``float32 [..., 3]``,
+        which COCO-17 lacks (kept so that a round trip back to OpenPose-18 is lossless).
+    """
+    kp18 = np.asarray(kp18, dtype=np.float32)
+    if kp18.shape[-2:] != (18, 3):
+        raise ValueError(f"OpenPose-18 keypoints must have shape [..., 18, 3], got {kp18.shape}")
+    return kp18[..., list(OPENPOSE18_TO_COCO17), :].copy(), kp18[..., _NECK, :].copy()
+
+
+def coco17_to_openpose18(kp17: np.ndarray, neck: np.ndarray | None = None) -> np.ndarray:
+    """Convert COCO-17 keypoints to OpenPose COCO-18.
+
+    Args:
+        kp17: ``float32 [..., 17, 3]`` in COCO-17 order.
+        neck: optional ``float32 [..., 3]`` neck joint. When absent (or its score is 0 or NaN), the
+            neck is the midpoint of the two shoulders, with the smaller shoulder score, as OpenPose
+            defines it; it is missing (score 0) when either shoulder is.
+
+    Returns:
+        ``float32 [..., 18, 3]`` in OpenPose-18 order.
+    """
+    kp17 = np.asarray(kp17, dtype=np.float32)
+    out = np.zeros(kp17.shape[:-2] + (18, 3), dtype=np.float32)
+    out[..., list(OPENPOSE18_TO_COCO17), :] = kp17
+    ls, rs = kp17[..., 5, :], kp17[..., 6, :]
+    both = (ls[..., 2] > 0) & (rs[..., 2] > 0)
+    mid = np.zeros(kp17.shape[:-2] + (3,), dtype=np.float32)
+    mid[..., :2] = (ls[..., :2] + rs[..., :2]) / 2.0
+    mid[..., 2] = np.minimum(ls[..., 2], rs[..., 2])
+    mid = np.where(both[..., None], mid, 0.0)
+    if neck is not None:
+        neck = np.nan_to_num(np.asarray(neck, dtype=np.float32), nan=0.0)
+        have = neck[..., 2] > 0
+        mid = np.where(have[..., None], neck, mid)
+    out[..., _NECK, :] = mid
+    return out

@@ -1,0 +1,206 @@
+"""Recipes: one validated YAML file per dataset/scale that fixes every knob of a run.
+
+A recipe has six sections, each a pydantic model that forbids unknown fields, so a misspelt or
+wrong field is a clear error naming it (``train.stepz: Extra inputs are not permitted``):
+
+- ``model``   — the re-posing network's architecture (:class:`ModelConfig`).
+- ``train``   — DDPM training (:class:`TrainConfig`).
+- ``sample``  — the sampler used by ``repose`` / ``augment`` (:class:`SampleConfig`).
+- ``pose``    — keypoint confidence thresholds (:class:`PoseConfig`).
+- ``filter``  — the quality filter's thresholds (:class:`FilterConfig`).
+- ``augment`` — how many target poses per source image and how they are chosen (:class:`AugmentConfig`).
+
+Built-in recipes live in the repository's ``recipes/`` folder (installed as ``posegen.recipes``) and
+are found by name (``tiny``, ``cuhk03``); any other value is read as a path to a YAML file.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+__all__ = [
+    "Recipe",
+    "RecipeError",
+    "ModelConfig",
+    "TrainConfig",
+    "SampleConfig",
+    "PoseConfig",
+    "FilterConfig",
+    "AugmentConfig",
+    "load_recipe",
+    "builtin_recipes",
+]
+
+
+class RecipeError(ValueError):
+    """A recipe file is missing, is not YAML, or has a wrong field (the message names it)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+class ModelConfig(_Strict):
+    """Architecture of the pose-conditioned denoising UNet (diffusers ``UNet2DModel`` blocks).
+
+    ``resolution`` is ``(height, width)`` in pixels of the generated image; it must be divisible
+    by ``2 ** (len(block_out_channels) - 1)``.
+    """
+
+    resolution: tuple[int, int] = (128, 64)
+    block_out_channels: tuple[int, ...] = (64, 128, 256, 256)
+    layers_per_block: int = Field(2, ge=1)
+    attention_levels: tuple[bool, ...] = (False, False, True, True)
+    norm_num_groups: int = Field(16, ge=1)
+    pose_sigma: float = Field(
+        1.5, gt=0, description="Gaussian heatmap std, in pixels at the model's resolution"
+    )
+    limb_width: float = Field(1.0, gt=0, description="limb map half-width, pixels at model resolution")
+
+    @field_validator("attention_levels")
+    @classmethod
+    def _attn_len(cls, v, info):
+        boc = info.data.get("block_out_channels")
+        if boc is not None and len(v) != len(boc):
+            raise ValueError(f"needs one entry per block ({len(boc)}), got {len(v)}")
+        return v
+
+    @field_validator("resolution")
+    @classmethod
+    def _res_positive(cls, v):
+        if min(v) < 8:
+            raise ValueError(f"resolution (height, width) must be at least 8x8, got {v}")
+        return v
+
+
+class TrainConfig(_Strict):
+    """DDPM training of the re-posing model on (source, target) pairs of the same pid."""
+
+    steps: int = Field(2000, ge=1)
+    batch_size: int = Field(16, ge=1)
+    learning_rate: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    num_train_timesteps: int = Field(1000, ge=10)
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    flip_prob: float = Field(0.5, ge=0, le=1, description="horizontal flip with left/right swap")
+    checkpoint_every: int = Field(500, ge=1)
+    sample_every: int = Field(500, ge=1)
+    log_every: int = Field(10, ge=1)
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    num_workers: int = Field(0, ge=0)
+    seed: int = 0
+
+
+class SampleConfig(_Strict):
+    """Sampler used at generation time; ``scheduler`` is a name known to ``posegen.repose``."""
+
+    scheduler: str = "ddim"
+    steps: int = Field(20, ge=1)
+    batch_size: int = Field(16, ge=1)
+
+
+class PoseConfig(_Strict):
+    """Keypoint confidence thresholds."""
+
+    min_score: float = Field(0.5, ge=0, le=1, description="a joint counts as present at this score")
+    min_keypoints: int = Field(
+        8, ge=1, le=17, description="a pose with fewer present joints is not used as source/target"
+    )
+
+
+class FilterConfig(_Strict):
+    """Quality filter (first version): pose fidelity and sanity."""
+
+    min_oks: float = Field(0.5, ge=0, le=1, description="OKS(target, re-estimated) needed to keep")
+    min_std: float = Field(
+        0.02, ge=0, description="an output whose pixel std (0..1 scale) is below this is 'blank'"
+    )
+
+
+class AugmentConfig(_Strict):
+    """How many synthetic images per source image and how target poses are drawn."""
+
+    k: int = Field(4, ge=1, description="target poses (generated images) per source image")
+    target_from_other_pids: bool = Field(
+        True, description="draw target poses from other identities' images (else any other image)"
+    )
+
+
+class Recipe(_Strict):
+    """A complete, validated recipe. ``name`` is informative only."""
+
+    name: str = "custom"
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    sample: SampleConfig = SampleConfig()
+    pose: PoseConfig = PoseConfig()
+    filter: FilterConfig = FilterConfig()
+    augment: AugmentConfig = AugmentConfig()
+
+    @field_validator("model")
+    @classmethod
+    def _divisible(cls, m: ModelConfig):
+        f = 2 ** (len(m.block_out_channels) - 1)
+        h, w = m.resolution
+        if h % f or w % f:
+            raise ValueError(
+                f"resolution {h}x{w} must be divisible by {f} (2 ** (number of blocks - 1))"
+            )
+        return m
+
+
+def builtin_recipes() -> dict[str, Path]:
+    """Names and paths of the recipes shipped with posegen (``recipes/*.yaml``)."""
+    root = resources.files("posegen.recipes")
+    return {
+        Path(str(p)).stem: Path(str(p))
+        for p in root.iterdir()
+        if str(p).endswith((".yaml", ".yml"))
+    }
+
+
+def load_recipe(name_or_path: str | Path | None = None) -> Recipe:
+    """Load and validate a recipe.
+
+    Args:
+        name_or_path: a built-in recipe name (see :func:`builtin_recipes`), a path to a YAML file,
+            or None for the ``tiny`` recipe.
+
+    Returns:
+        The validated :class:`Recipe`.
+
+    Raises:
+        RecipeError: unknown name / missing file / invalid YAML / a wrong field (named in the
+            message, e.g. ``train.stepz: Extra inputs are not permitted``).
+    """
+    name_or_path = "tiny" if name_or_path is None else name_or_path
+    builtins = builtin_recipes()
+    path = builtins.get(str(name_or_path)) if not str(name_or_path).endswith((".yaml", ".yml")) else None
+    if path is None:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise RecipeError(
+                f"recipe not found: {name_or_path!s} (not a file; built-in recipes: {sorted(builtins)})"
+            )
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise RecipeError(f"recipe {path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise RecipeError(f"recipe {path} must be a mapping of sections, got {type(data).__name__}")
+    data.setdefault("name", path.stem)
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"])
+            lines.append(f"  {loc}: {err['msg']}")
+        raise RecipeError(f"invalid recipe {path}:\n" + "\n".join(lines)) from None

@@ -1,0 +1,1 @@
+"""Built-in posegen recipes (YAML files), installed as the package ``posegen.recipes``."""
