@@ -90,6 +90,7 @@ class TrainConfig(_Strict):
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
     flip_prob: float = Field(0.5, ge=0, le=1, description="horizontal flip with left/right swap")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping (global L2 norm)")
     checkpoint_every: int = Field(500, ge=1)
     sample_every: int = Field(500, ge=1)
     log_every: int = Field(10, ge=1)

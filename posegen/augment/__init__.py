@@ -1,1 +1,14 @@
-"""posegen.augment"""
+"""posegen.augment: the main job (targets -> generation -> filter -> output tree + manifest)."""
+
+from .run import MANIFEST_COLUMNS, OutputDirError, augment, summarize, synthetic_name
+from .targets import choose_targets, usable_poses
+
+__all__ = [
+    "MANIFEST_COLUMNS",
+    "OutputDirError",
+    "augment",
+    "summarize",
+    "synthetic_name",
+    "choose_targets",
+    "usable_poses",
+]

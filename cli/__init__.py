@@ -1,0 +1,1 @@
+"""The posegen command line (installed as ``posegen.cli``; entry point ``posegen``)."""

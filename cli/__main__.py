@@ -1,0 +1,3 @@
+from posegen.cli.app import main
+
+main()
