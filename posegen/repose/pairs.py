@@ -182,7 +182,7 @@ class PairDataset(Dataset):
                     "%s: poses say %dx%d but the image is %dx%d; using the poses' size for keypoints",
                     p, width, height, img.shape[1], img.shape[0],
                 )
-            self._images[p] = resize_image(img, (h, w))
+            self._images[p] = np.array(resize_image(img, (h, w)), copy=True)
             kp = validate_keypoints(row["keypoints"])
             self._kp[p] = scale_keypoints(kp, (width, height), (w, h))
         log.debug("PairDataset: %d pairs over %d images cached", len(self.pairs), len(paths))
