@@ -16,12 +16,23 @@ import torch
 from PIL import Image
 
 from posegen._io import stable_seed
+from posegen.data.images import read_image
 from posegen.recipe import load_recipe
 from posegen.repose import PairDataset, ReposePipeline, ReposeUNet, make_pairs, train
 from posegen.repose.schedulers import training_scheduler
 from posegen.repose.train import TrainingError, denoising_loss
 
-STEPS = 200
+STEPS = 120
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One intra-op thread: these models are tiny, and with 2 threads on a busy 2-core machine
+    every op waits for a descheduled OpenMP worker (10-60x slower steps were measured)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def _recipe(name="tiny", **train):
@@ -62,7 +73,7 @@ def _held_loss(unet, held, recipe) -> float:
 @pytest.fixture(scope="module")
 def tiny_run(cuhk03_small, tmp_path_factory):
     root, manifest, poses = cuhk03_small
-    recipe = _recipe(batch_size=4, warmup_steps=10, checkpoint_every=80, sample_every=100, log_every=10)
+    recipe = _recipe(batch_size=4, warmup_steps=10, checkpoint_every=50, sample_every=60, log_every=10)
     run_dir = tmp_path_factory.mktemp("tiny_run")
     events = []
     t0 = time.perf_counter()
@@ -95,18 +106,18 @@ def test_run_dir_contents(tiny_run):
     assert np.isfinite(loss["loss"]).all() and loss["loss"].iloc[-5:].mean() < loss["loss"].iloc[:2].mean()
     assert loss["lr"].iloc[0] < recipe.train.learning_rate == loss["lr"].iloc[-1]  # warmup
     assert (loss["elapsed_s"].diff().dropna() > 0).all()
-    # checkpoints every 80 steps and at the end; the last 2 kept
+    # checkpoints every 50 steps and at the end; the last 2 kept
     ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
-    assert ckpts == ["step-000160", "step-000200"]
-    last = run_dir / "checkpoints" / "step-000200"
+    assert ckpts == ["step-000100", "step-000120"]
+    last = run_dir / "checkpoints" / "step-000120"
     for f in ("unet/config.json", "unet/diffusion_pytorch_model.safetensors", "optimizer.pt",
               "lr_scheduler.pt", "rng.pt", "state.json"):
         assert (last / f).is_file(), f
     assert json.loads((last / "state.json").read_text())["step"] == STEPS
-    # a sample grid every 100 steps: 4 rows (source | pose | generated | target)
+    # a sample grid every 60 steps: 4 rows (source | pose | generated | target)
     samples = sorted(p.name for p in (run_dir / "samples").iterdir())
-    assert samples == ["step-000100.png", "step-000200.png"]
-    grid = np.asarray(Image.open(run_dir / "samples" / "step-000200.png"))
+    assert samples == ["step-000060.png", "step-000120.png"]
+    grid = np.asarray(Image.open(run_dir / "samples" / "step-000120.png"))
     assert grid.ndim == 3 and grid.shape[0] > grid.shape[1]
     # progress events
     kinds = [e[2]["event"] for e in tiny_run["events"]]
@@ -120,7 +131,7 @@ def test_final_model_loads_and_generates(tiny_run, cuhk03_small):
     assert type(pipe.scheduler).__name__ == "DDIMScheduler"
     assert pipe.scheduler.config.beta_schedule == tiny_run["recipe"].train.beta_schedule
     ok = poses[poses["status"] == "ok"].reset_index(drop=True)
-    src = [np.asarray(Image.open(root / p).convert("RGB")) for p in ok["path"][:2]]
+    src = [read_image(root / p) for p in ok["path"][:2]]
     skp = np.stack(ok["keypoints"][:2])
     tkp = np.stack(ok["keypoints"][2:4])
     tsz = list(zip(ok["width"][2:4], ok["height"][2:4]))
@@ -131,7 +142,7 @@ def test_final_model_loads_and_generates(tiny_run, cuhk03_small):
     # asking again for the same steps returns at once
     t0 = time.perf_counter()
     again = train(tiny_run["recipe"], manifest, poses, root, tiny_run["run_dir"], steps=STEPS)
-    assert again == tiny_run["model_dir"] and time.perf_counter() - t0 < 2.0
+    assert again == tiny_run["model_dir"] and time.perf_counter() - t0 < 5.0
 
 
 class _Stop(Exception):

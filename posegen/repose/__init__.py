@@ -11,7 +11,7 @@ from .pairs import PairDataset, make_pairs
 from .pipeline import ReposePipeline, load_pipeline
 from .render import POSE_CHANNELS, pose_to_rgb, render_pose, render_poses
 from .schedulers import SCHEDULERS, make_scheduler
-from .train import train
+from .train import TrainingError, denoising_loss, train
 
 __all__ = [
     "ReposeUNet",
@@ -26,4 +26,6 @@ __all__ = [
     "make_pairs",
     "PairDataset",
     "train",
+    "TrainingError",
+    "denoising_loss",
 ]

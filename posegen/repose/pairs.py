@@ -22,12 +22,12 @@ from posegen.pose.keypoints import flip_keypoints, num_confident, scale_keypoint
 
 from .render import render_pose, resize_image
 
-__all__ = ["make_pairs", "usable_poses", "PairDataset"]
+__all__ = ["make_pairs", "PairDataset"]
 
 log = logging.getLogger(__name__)
 
 
-def usable_poses(poses: pd.DataFrame, *, min_score: float, min_keypoints: int) -> pd.DataFrame:
+def _usable_poses(poses: pd.DataFrame, *, min_score: float, min_keypoints: int) -> pd.DataFrame:
     """The rows of a poses frame usable as source or target.
 
     A pose is usable when ``status == "ok"`` and it has at least ``min_keypoints`` joints with
@@ -66,7 +66,7 @@ def make_pairs(
         manifest: columns ``path`` (relative to the dataset root), ``pid``, ``split``.
         poses: columns ``path`` (same key), ``keypoints`` (``float32 [17, 3]``), ``status``.
         min_score: a joint counts as present at this score.
-        min_keypoints: a pose with fewer present joints is not used (see :func:`usable_poses`).
+        min_keypoints: a pose (with status "ok") with fewer present joints is not used.
         splits: manifest splits to use (None: all).
 
     Returns:
@@ -85,7 +85,7 @@ def make_pairs(
         if "split" not in m.columns:
             raise ValueError("manifest lacks column 'split' (pass splits=None to use every row)")
         m = m[m["split"].astype(str).isin([str(s) for s in splits])]
-    good = usable_poses(poses, min_score=min_score, min_keypoints=min_keypoints)
+    good = _usable_poses(poses, min_score=min_score, min_keypoints=min_keypoints)
     m = m[m["path"].astype(str).isin(set(good["path"].astype(str)))]
     m = m[["path", "pid"]].drop_duplicates("path").copy()
     m["path"] = m["path"].astype(str)

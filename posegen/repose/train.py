@@ -52,7 +52,7 @@ from posegen._io import (
 from posegen.recipe import Recipe, RecipeError, load_recipe
 
 from .model import ReposeUNet
-from .pairs import PairDataset, make_pairs, usable_poses
+from .pairs import PairDataset, _usable_poses, make_pairs
 from .pipeline import ReposePipeline
 from .render import pose_to_rgb, render_pose
 from .schedulers import make_scheduler, training_scheduler
@@ -336,7 +336,7 @@ def _save_final_model(run_dir: Path, unet: ReposeUNet, recipe: Recipe, step: int
 
 def _no_pairs_message(manifest: pd.DataFrame, poses: pd.DataFrame, recipe: Recipe) -> str:
     n_train = int((manifest["split"].astype(str) == "train").sum()) if "split" in manifest else len(manifest)
-    good = usable_poses(poses, min_score=recipe.pose.min_score, min_keypoints=recipe.pose.min_keypoints)
+    good = _usable_poses(poses, min_score=recipe.pose.min_score, min_keypoints=recipe.pose.min_keypoints)
     return (
         "no training pairs: need at least two images of one pid in split 'train' whose pose is ok "
         f"with >= {recipe.pose.min_keypoints} joints at score >= {recipe.pose.min_score} "
@@ -423,6 +423,11 @@ def train(
         raise TrainingError(
             f"{run_dir} already has {max(last, done or 0)} training steps, more than the {total} asked; "
             "ask for at least that many or use a new run folder"
+        )
+    if done is not None and done < total and not ckpts:
+        raise TrainingError(
+            f"{model_dir} holds a model trained for {done} steps but {run_dir / 'checkpoints'} has no "
+            "checkpoint to continue from; use a new run folder"
         )
     if done == total:
         log.info("%s: already trained to %d steps", model_dir, total)
