@@ -88,7 +88,7 @@ def main() -> None:
         run_dir = args.work / f"train-{recipe.name}"
         shutil.rmtree(run_dir, ignore_errors=True)
         t0 = time.perf_counter()
-        model_dir = train(recipe, chosen, poses, args.data, run_dir, steps=args.train_steps)
+        train(recipe, chosen, poses, args.data, run_dir, steps=args.train_steps)
         dt = time.perf_counter() - t0
         steps = args.train_steps or recipe.train.steps
         results["train"] = {"steps": steps, "batch_size": recipe.train.batch_size, "seconds": dt, "s_per_step": dt / steps}

@@ -1,7 +1,7 @@
 """posegen.augment: the main job (targets -> generation -> filter -> output tree + manifest)."""
 
 from .run import MANIFEST_COLUMNS, OutputDirError, augment, summarize, synthetic_name
-from .targets import choose_targets, usable_poses
+from .targets import choose_targets
 
 __all__ = [
     "MANIFEST_COLUMNS",
@@ -10,5 +10,4 @@ __all__ = [
     "summarize",
     "synthetic_name",
     "choose_targets",
-    "usable_poses",
 ]

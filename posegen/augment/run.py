@@ -48,10 +48,10 @@ from ..data import load_dataset
 from ..data.images import read_image
 from ..filter import score_output
 from ..pose.backends import PoseBackend
-from ..pose.extract import extract_poses
+from ..pose.extract import extract_poses, usable_poses
 from ..pose.keypoints import num_confident, scale_keypoints
 from ..recipe import Recipe
-from .targets import choose_targets, usable_poses
+from .targets import choose_targets
 
 __all__ = ["augment", "synthetic_name", "summarize", "OutputDirError", "MANIFEST_COLUMNS"]
 

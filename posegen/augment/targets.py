@@ -6,20 +6,8 @@ import numpy as np
 import pandas as pd
 
 from .._io import stable_seed
-from ..pose.keypoints import num_confident
 
-__all__ = ["usable_poses", "choose_targets"]
-
-
-def usable_poses(poses: pd.DataFrame, *, min_score: float, min_keypoints: int) -> pd.Series:
-    """Boolean mask of poses good enough to be a source or a target.
-
-    A pose is usable when its status is ``"ok"`` and it has at least ``min_keypoints`` joints with
-    score >= ``min_score``.
-    """
-    ok = poses["status"].eq("ok").to_numpy()
-    n = np.array([num_confident(k, min_score) for k in poses["keypoints"]], dtype=np.int64)
-    return pd.Series(ok & (n >= min_keypoints), index=poses.index)
+__all__ = ["choose_targets"]
 
 
 def choose_targets(

@@ -20,7 +20,7 @@ from .backends import NoPersonFound, PoseBackend
 from .formats import new_poses_frame, read_poses, write_poses
 from .keypoints import empty_keypoints, num_confident
 
-__all__ = ["extract_poses", "estimate_one", "pose_summary"]
+__all__ = ["extract_poses", "estimate_one", "pose_summary", "usable_poses"]
 
 
 def estimate_one(backend: PoseBackend, image_path: str | os.PathLike) -> dict:
@@ -112,6 +112,23 @@ def extract_poses(
     order = {p: i for i, p in enumerate(paths)}
     result = result[result["path"].isin(order)]
     return result.sort_values("path", key=lambda s: s.map(order)).reset_index(drop=True)
+
+
+def usable_poses(poses: pd.DataFrame, *, min_score: float, min_keypoints: int) -> pd.Series:
+    """Boolean mask (aligned with ``poses.index``) of the poses good enough to be a source or target.
+
+    A pose is usable when its ``status`` is ``"ok"`` and it has at least ``min_keypoints`` joints
+    with ``score >= min_score``.
+
+    Raises:
+        ValueError: ``poses`` lacks a ``keypoints`` or ``status`` column.
+    """
+    missing = {"keypoints", "status"} - set(poses.columns)
+    if missing:
+        raise ValueError(f"poses frame lacks columns {sorted(missing)}")
+    ok = poses["status"].astype(str).eq("ok").to_numpy()
+    n = np.array([num_confident(k, min_score) for k in poses["keypoints"]], dtype=np.int64)
+    return pd.Series(ok & (n >= min_keypoints), index=poses.index)
 
 
 def pose_summary(poses: pd.DataFrame, min_score: float = 0.5) -> dict:

@@ -18,38 +18,14 @@ from torch.utils.data import Dataset
 
 from posegen._io import stable_seed
 from posegen.data.images import read_image
-from posegen.pose.keypoints import flip_keypoints, num_confident, scale_keypoints, validate_keypoints
+from posegen.pose.extract import usable_poses
+from posegen.pose.keypoints import flip_keypoints, scale_keypoints, validate_keypoints
 
 from .render import render_pose, resize_image
 
 __all__ = ["make_pairs", "PairDataset"]
 
 log = logging.getLogger(__name__)
-
-
-def _usable_poses(poses: pd.DataFrame, *, min_score: float, min_keypoints: int) -> pd.DataFrame:
-    """The rows of a poses frame usable as source or target.
-
-    A pose is usable when ``status == "ok"`` and it has at least ``min_keypoints`` joints with
-    ``score >= min_score``. Duplicate paths keep their first row.
-
-    Returns:
-        The filtered poses frame (same columns), index reset.
-    """
-    need = {"path", "keypoints", "status"}
-    missing = need - set(poses.columns)
-    if missing:
-        raise ValueError(f"poses frame lacks columns {sorted(missing)}")
-    p = poses.drop_duplicates("path", keep="first")
-    ok = p["status"].astype(str).eq("ok").to_numpy()
-    counts = np.array(
-        [
-            num_confident(validate_keypoints(k), min_score) if k is not None and np.size(k) == 51 else 0
-            for k in p["keypoints"]
-        ],
-        dtype=np.int64,
-    )
-    return p[ok & (counts >= int(min_keypoints))].reset_index(drop=True)
 
 
 def make_pairs(
@@ -85,7 +61,8 @@ def make_pairs(
         if "split" not in m.columns:
             raise ValueError("manifest lacks column 'split' (pass splits=None to use every row)")
         m = m[m["split"].astype(str).isin([str(s) for s in splits])]
-    good = _usable_poses(poses, min_score=min_score, min_keypoints=min_keypoints)
+    p = poses.drop_duplicates("path", keep="first")
+    good = p[usable_poses(p, min_score=min_score, min_keypoints=min_keypoints)]
     m = m[m["path"].astype(str).isin(set(good["path"].astype(str)))]
     m = m[["path", "pid"]].drop_duplicates("path").copy()
     m["path"] = m["path"].astype(str)

@@ -52,7 +52,8 @@ from posegen._io import (
 from posegen.recipe import Recipe, RecipeError, load_recipe
 
 from .model import ReposeUNet
-from .pairs import PairDataset, _usable_poses, make_pairs
+from ..pose.extract import usable_poses
+from .pairs import PairDataset, make_pairs
 from .pipeline import ReposePipeline
 from .render import pose_to_rgb, render_pose
 from .schedulers import make_scheduler, training_scheduler
@@ -336,11 +337,11 @@ def _save_final_model(run_dir: Path, unet: ReposeUNet, recipe: Recipe, step: int
 
 def _no_pairs_message(manifest: pd.DataFrame, poses: pd.DataFrame, recipe: Recipe) -> str:
     n_train = int((manifest["split"].astype(str) == "train").sum()) if "split" in manifest else len(manifest)
-    good = _usable_poses(poses, min_score=recipe.pose.min_score, min_keypoints=recipe.pose.min_keypoints)
+    good = int(usable_poses(poses, min_score=recipe.pose.min_score, min_keypoints=recipe.pose.min_keypoints).sum())
     return (
         "no training pairs: need at least two images of one pid in split 'train' whose pose is ok "
         f"with >= {recipe.pose.min_keypoints} joints at score >= {recipe.pose.min_score} "
-        f"(manifest: {n_train} train images; poses: {len(good)} usable of {len(poses)})"
+        f"(manifest: {n_train} train images; poses: {good} usable of {len(poses)})"
     )
 
 
