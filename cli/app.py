@@ -26,6 +26,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from .downstream import eval_downstream_cmd
+
 app = typer.Typer(
     name="posegen",
     help="Multiply person re-ID and fashion datasets with pose-guided diffusion (offline).",
@@ -245,6 +247,9 @@ def augment_cmd(
         rates.add_row(stage, str(n), f"{dt:.1f}", f"{n / dt:.2f}")
     console.print(rates)
     console.print(f"manifest: {out / 'manifest.parquet'}")
+
+
+app.command("eval-downstream")(eval_downstream_cmd)
 
 
 def main() -> None:
