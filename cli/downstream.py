@@ -21,26 +21,24 @@ __all__ = ["eval_downstream_cmd", "parse_floats", "parse_ints", "results_table"]
 console = Console(stderr=True)
 
 
-def parse_floats(text: str, what: str) -> list[float]:
-    """``"0.2,0.4"`` -> ``[0.2, 0.4]``; raises ``typer.BadParameter`` naming ``what``."""
+def _parse_list(text: str, what: str, cast, kind: str) -> list:
     try:
-        values = [float(t) for t in text.replace(" ", "").split(",") if t]
+        values = [cast(t) for t in text.replace(" ", "").split(",") if t]
     except ValueError:
-        raise typer.BadParameter(f"{what}: expected comma-separated numbers, got {text!r}") from None
+        raise typer.BadParameter(f"{what}: expected comma-separated {kind}, got {text!r}") from None
     if not values:
         raise typer.BadParameter(f"{what}: give at least one value")
     return values
+
+
+def parse_floats(text: str, what: str) -> list[float]:
+    """``"0.2,0.4"`` -> ``[0.2, 0.4]``; raises ``typer.BadParameter`` naming ``what``."""
+    return _parse_list(text, what, float, "numbers")
 
 
 def parse_ints(text: str, what: str) -> list[int]:
     """``"0,1,2"`` -> ``[0, 1, 2]``; raises ``typer.BadParameter`` naming ``what``."""
-    try:
-        values = [int(t) for t in text.replace(" ", "").split(",") if t]
-    except ValueError:
-        raise typer.BadParameter(f"{what}: expected comma-separated integers, got {text!r}") from None
-    if not values:
-        raise typer.BadParameter(f"{what}: give at least one value")
-    return values
+    return _parse_list(text, what, int, "integers")
 
 
 def results_table(result: dict, title: str | None = None) -> Table:

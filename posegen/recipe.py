@@ -88,7 +88,10 @@ class TrainConfig(_Strict):
     warmup_steps: int = Field(100, ge=0)
     num_train_timesteps: int = Field(1000, ge=10)
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
-    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = Field(
+        "epsilon",
+        description="what the UNet predicts: the noise (DDPM), v (Salimans & Ho 2022) or the clean image x0",
+    )
     flip_prob: float = Field(0.5, ge=0, le=1, description="horizontal flip with left/right swap")
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping (global L2 norm)")
     checkpoint_every: int = Field(500, ge=1)

@@ -106,16 +106,19 @@ def denoising_loss(
         noise: ``[B, 3, h, w]`` standard normal.
         timesteps: ``int64 [B]`` in ``[0, num_train_timesteps)``.
         noise_scheduler: the training ``DDPMScheduler``; its ``config.prediction_type``
-            (``epsilon`` or ``v_prediction``) chooses the regression target.
+            (``epsilon``, ``v_prediction`` or ``sample``) chooses the regression target.
 
     Returns:
-        Scalar float32 MSE between the prediction and ``eps`` (or ``v``).
+        Scalar float32 MSE between the prediction and ``eps`` (or ``v``, or the clean ``x0``).
     """
     x0 = batch["target"]
     noisy = noise_scheduler.add_noise(x0, noise, timesteps)
     pred = unet(noisy, timesteps, batch["source"], batch["source_pose"], batch["target_pose"])
-    if noise_scheduler.config.prediction_type == "v_prediction":
+    kind = noise_scheduler.config.prediction_type
+    if kind == "v_prediction":
         target = noise_scheduler.get_velocity(x0, noise, timesteps)
+    elif kind == "sample":
+        target = x0
     else:
         target = noise
     return F.mse_loss(pred.float(), target.float())
