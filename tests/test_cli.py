@@ -46,3 +46,33 @@ def test_extract_poses_all_formats(tmp_path, cuhk03_train):
         assert res.exit_code == 0, res.output
         poses = read_poses(out)
         assert len(poses) == 5 and (poses["status"] == "ok").sum() >= 3
+
+
+def test_train_then_repose(tmp_path, cuhk03_small):
+    from PIL import Image
+
+    from posegen.pose.formats import write_poses
+
+    root, manifest, poses = cuhk03_small
+    poses_file = write_poses(poses, tmp_path / "poses.parquet")
+    run = tmp_path / "run"
+    res = runner.invoke(
+        app, ["train", "--data", str(root), "--poses", str(poses_file), "--out", str(run), "--steps", "6"]
+    )
+    assert res.exit_code == 0, res.output
+    assert (run / "model" / "model_index.json").exists() and (run / "loss.csv").exists()
+    ok = poses[poses["status"] == "ok"]["path"].tolist()
+    source, target = root / ok[0], root / ok[-1]
+    for target_pose, extra in ((target, []), (poses_file, ["--target-name", ok[-1]])):
+        out = tmp_path / f"out-{len(extra)}.png"
+        res = runner.invoke(
+            app,
+            ["repose", "--model", str(run), "--source", str(source), "--target-pose", str(target_pose),
+             "--out", str(out), "--steps", "2", *extra],
+        )  # fmt: skip
+        assert res.exit_code == 0, res.output
+        with Image.open(out) as im, Image.open(source) as src:
+            assert im.size == src.size  # written at the source image's size
+    res = runner.invoke(app, ["repose", "--model", str(tmp_path / "nope"), "--source", str(source),
+                              "--target-pose", str(target), "--out", str(tmp_path / "x.png")])  # fmt: skip
+    assert res.exit_code == 2 and "nope" in res.output
