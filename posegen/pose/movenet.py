@@ -1,0 +1,196 @@
+"""MoveNet SinglePose (Google, 2021) from a local ``.tflite`` file through LiteRT.
+
+The model (e.g. ``lite-model_movenet_singlepose_lightning_tflite_int8_4.tflite``) takes one
+``uint8 [1, S, S, 3]`` RGB image (``S`` = 192 for Lightning, 256 for Thunder) and returns
+``float32 [1, 1, 17, 3]``: COCO-17 ``(y, x, score)``, y and x normalised to ``[0, 1]`` of the input.
+
+Person box
+    * **Re-ID / fashion crops (default, ``crop="image"``)**: the crop is the person box. It is
+      letterboxed (zero-padded, centred) to a square, preserving its aspect ratio, resized to
+      ``S x S`` and the keypoints are mapped back to pixels of the original image.
+    * **Whole-frame images (``crop="keypoints"``)**: MoveNet has no separate detector. posegen
+      then uses MoveNet's own cropping heuristic (``determine_crop_region`` of the official
+      TensorFlow MoveNet tutorial, applied to a single image as two passes): a first pass on the
+      whole letterboxed frame, then a square crop centred on the hips whose half-side is the
+      largest of 1.9 x the torso extent and 1.2 x the body extent (clamped to the image), and a
+      second pass on that crop. The second pass is kept only when the first one found a torso
+      (both hips or both shoulders with score >= ``min_crop_score``); otherwise the first pass
+      is returned.
+
+The runtime is ``ai-edge-litert`` (Google's maintained TFLite runtime, works with numpy 2). The
+weights always come from a local path; a missing file is a :class:`FileNotFoundError`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .backends import NoPersonFound, PoseBackend
+from .keypoints import NUM_KEYPOINTS, clip_to_image
+
+__all__ = ["MoveNetBackend", "letterbox_square", "movenet_crop_region"]
+
+_L_SHOULDER, _R_SHOULDER, _L_HIP, _R_HIP = 5, 6, 11, 12
+
+
+def letterbox_square(image: np.ndarray, size: int) -> tuple[np.ndarray, float, float, float]:
+    """Zero-pad ``image`` to a centred square and resize it to ``size x size``.
+
+    Args:
+        image: ``uint8 [H, W, 3]``.
+        size: output side in pixels.
+
+    Returns:
+        ``(square, side, left, top)``: the ``uint8 [size, size, 3]`` image, the side of the padded
+        square in original pixels and the padding added on the left and top. A point at normalised
+        position ``(u, v)`` of the square (0 = left/top edge, 1 = right/bottom edge) lies at pixel
+        index ``(u * side - 0.5 - left, v * side - 0.5 - top)`` of ``image``.
+    """
+    h, w = image.shape[:2]
+    side = max(h, w)
+    left, top = (side - w) // 2, (side - h) // 2
+    square = np.zeros((side, side, 3), dtype=np.uint8)
+    square[top : top + h, left : left + w] = image
+    if side != size:
+        square = np.asarray(Image.fromarray(square).resize((size, size), Image.BILINEAR))
+    return square, float(side), float(left), float(top)
+
+
+def movenet_crop_region(kp: np.ndarray, width: int, height: int, min_score: float = 0.2) -> tuple[int, int, int, int] | None:
+    """MoveNet's crop-region heuristic for a whole-frame image (TensorFlow MoveNet tutorial).
+
+    Args:
+        kp: ``[17, 3]`` COCO-17 ``(x, y, score)`` in pixels of the frame.
+        width, height: frame size.
+        min_score: a joint counts when its score is at least this.
+
+    Returns:
+        ``(x0, y0, x1, y1)`` integer pixel bounds (``x1``/``y1`` exclusive) of a square-ish crop
+        centred on the hips (or shoulders), or ``None`` when no torso was found.
+    """
+    ok = kp[:, 2] >= min_score
+    if ok[_L_HIP] and ok[_R_HIP]:
+        cx, cy = (kp[_L_HIP, :2] + kp[_R_HIP, :2]) / 2
+    elif ok[_L_SHOULDER] and ok[_R_SHOULDER]:
+        cx, cy = (kp[_L_SHOULDER, :2] + kp[_R_SHOULDER, :2]) / 2
+    else:
+        return None
+    torso = [j for j in (_L_SHOULDER, _R_SHOULDER, _L_HIP, _R_HIP) if ok[j]]
+    torso_range = max(max(abs(kp[j, 0] - cx), abs(kp[j, 1] - cy)) for j in torso)
+    body_range = max(max(abs(kp[j, 0] - cx), abs(kp[j, 1] - cy)) for j in np.flatnonzero(ok))
+    half = max(1.9 * torso_range, 1.2 * body_range)
+    # never larger than the frame seen from the centre
+    half = min(half, max(cx, width - 1 - cx, cy, height - 1 - cy))
+    half = max(half, 8.0)
+    x0, y0 = int(np.floor(cx - half)), int(np.floor(cy - half))
+    x1, y1 = int(np.ceil(cx + half)) + 1, int(np.ceil(cy + half)) + 1
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return None
+    return x0, y0, x1, y1
+
+
+class MoveNetBackend(PoseBackend):
+    """MoveNet SinglePose Lightning/Thunder from a local ``.tflite`` file.
+
+    Args:
+        weights: path of the ``.tflite`` file (int8 or float; the input size is read from it).
+        crop: ``"image"`` (default: the image is the person box, for re-ID crops) or
+            ``"keypoints"`` (whole-frame images: MoveNet's two-pass crop-region heuristic, see the
+            module docstring).
+        min_person_score: raise :class:`NoPersonFound` when the mean keypoint score is below this
+            (MoveNet always returns 17 joints; a low mean score means no person).
+        min_crop_score: joint score used by the crop-region heuristic.
+        num_threads: LiteRT interpreter threads (default 1).
+
+    Raises:
+        FileNotFoundError: ``weights`` does not exist (the path is named).
+        ImportError: ``ai-edge-litert`` is not installed.
+        ValueError: bad option, or the file is not a MoveNet-shaped model.
+    """
+
+    def __init__(
+        self,
+        weights: str | os.PathLike,
+        *,
+        crop: str = "image",
+        min_person_score: float = 0.1,
+        min_crop_score: float = 0.2,
+        num_threads: int = 1,
+    ):
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"MoveNet weights not found: {str(path)!r} (a local .tflite file; posegen never downloads weights)")
+        if crop not in ("image", "keypoints"):
+            raise ValueError(f"crop must be 'image' or 'keypoints', got {crop!r}")
+        if importlib.util.find_spec("ai_edge_litert") is None:
+            raise ImportError("the movenet backend needs LiteRT (pip install ai-edge-litert==2.3.0)")
+        from ai_edge_litert.interpreter import Interpreter
+
+        self._interp = Interpreter(model_path=str(path), num_threads=int(num_threads))
+        self._interp.allocate_tensors()
+        inp = self._interp.get_input_details()[0]
+        out = self._interp.get_output_details()[0]
+        shape = tuple(int(s) for s in inp["shape"])
+        if len(shape) != 4 or shape[0] != 1 or shape[1] != shape[2] or shape[3] != 3 or tuple(out["shape"][-2:]) != (NUM_KEYPOINTS, 3):
+            raise ValueError(f"{path} is not a MoveNet SinglePose model (input {shape}, output {tuple(out['shape'])})")
+        self._in_index, self._out_index = inp["index"], out["index"]
+        self._in_dtype = inp["dtype"]
+        self.size = shape[1]
+        self.crop = crop
+        self.min_person_score = float(min_person_score)
+        self.min_crop_score = float(min_crop_score)
+        variant = "lightning" if self.size == 192 else "thunder" if self.size == 256 else str(self.size)
+        self.name = f"movenet-{variant}"
+        self.weights = str(path)
+
+    def _run(self, image: np.ndarray) -> np.ndarray:
+        """One pass on ``image`` (letterboxed): ``[17, 3]`` (x, y, score) in pixels of ``image``."""
+        square, side, left, top = letterbox_square(image, self.size)
+        x = square[None]
+        if self._in_dtype != np.uint8:  # float models take 0..255 floats too (TF Hub convention)
+            x = x.astype(self._in_dtype)
+        self._interp.set_tensor(self._in_index, x)
+        self._interp.invoke()
+        yxs = np.array(self._interp.get_tensor(self._out_index)[0, 0], dtype=np.float32)
+        kp = np.empty((NUM_KEYPOINTS, 3), dtype=np.float32)
+        kp[:, 0] = yxs[:, 1] * side - 0.5 - left
+        kp[:, 1] = yxs[:, 0] * side - 0.5 - top
+        kp[:, 2] = np.clip(yxs[:, 2], 0.0, 1.0)
+        return kp
+
+    def estimate(self, image: np.ndarray) -> np.ndarray:
+        if self._interp is None:
+            raise RuntimeError("the backend is closed")
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected uint8 [H, W, 3] RGB, got {image.dtype} {image.shape}")
+        h, w = image.shape[:2]
+        kp = self._run(image)
+        if self.crop == "keypoints":
+            region = movenet_crop_region(kp, w, h, self.min_crop_score)
+            if region is not None and (region[2] - region[0], region[3] - region[1]) != (w, h):
+                x0, y0, x1, y1 = region
+                kp = self._run(np.ascontiguousarray(image[y0:y1, x0:x1]))
+                kp[:, 0] += x0
+                kp[:, 1] += y0
+        if float(kp[:, 2].mean()) < self.min_person_score:
+            raise NoPersonFound("no person found")
+        return clip_to_image(kp, w, h)
+
+    def close(self) -> None:
+        self._interp = None
+
+
+def movenet_factory(weights: str | None = None, **options) -> PoseBackend:
+    """Factory for :data:`posegen.pose.backends.BACKENDS` (``weights`` is required)."""
+    if weights is None:
+        raise ValueError(
+            "the movenet backend needs a local .tflite file: --weights PATH "
+            "(e.g. lite-model_movenet_singlepose_lightning_tflite_int8_4.tflite)"
+        )
+    return MoveNetBackend(weights, **options)
