@@ -22,7 +22,6 @@ BlazePose person detector:
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from PIL import Image
 
 from .backends import BLAZEPOSE33_TO_COCO17, NoPersonFound, PoseBackend
 from .keypoints import clip_to_image
+from .movenet import load_tflite
 
 __all__ = ["BlazePoseHeavyBackend"]
 
@@ -63,17 +63,10 @@ class BlazePoseHeavyBackend(PoseBackend):
         min_presence: float = 0.5,
         num_threads: int = 1,
     ):
-        path = Path(weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"BlazePose landmark weights not found: {str(path)!r} (a local .tflite file; posegen never downloads weights)")
         if crop not in ("image", "keypoints"):
             raise ValueError(f"crop must be 'image' or 'keypoints', got {crop!r}")
-        if importlib.util.find_spec("ai_edge_litert") is None:
-            raise ImportError("the blazepose-heavy backend needs LiteRT (pip install ai-edge-litert==2.3.0)")
-        from ai_edge_litert.interpreter import Interpreter
-
-        self._interp = Interpreter(model_path=str(path), num_threads=int(num_threads))
-        self._interp.allocate_tensors()
+        path = Path(weights)
+        self._interp = load_tflite(path, "BlazePose landmark", num_threads)
         inp = self._interp.get_input_details()[0]
         outs = {d["name"]: d for d in self._interp.get_output_details()}
         if tuple(inp["shape"][1:]) != (256, 256, 3) or "Identity" not in outs or int(outs["Identity"]["shape"][-1]) % 5:

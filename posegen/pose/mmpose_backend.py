@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from .backends import NoPersonFound, PoseBackend
-from .keypoints import NUM_KEYPOINTS, clip_to_image
+from .rtmpose import TopDownBackend
+from .keypoints import NUM_KEYPOINTS
 
 __all__ = ["MMPoseBackend", "mmpose_result_to_coco17"]
 
@@ -46,7 +47,7 @@ def mmpose_result_to_coco17(keypoints: np.ndarray, scores: np.ndarray) -> np.nda
     return np.concatenate([kp[:NUM_KEYPOINTS], np.clip(sc[:NUM_KEYPOINTS], 0.0, 1.0)[:, None]], axis=1)
 
 
-class MMPoseBackend(PoseBackend):
+class MMPoseBackend(TopDownBackend):
     """An mmpose 1.x top-down pose model.
 
     Args:
@@ -108,22 +109,6 @@ class MMPoseBackend(PoseBackend):
             raise NoPersonFound("no person found")
         inst = results[0].pred_instances
         return mmpose_result_to_coco17(inst.keypoints[0], inst.keypoint_scores[0])
-
-    def estimate(self, image: np.ndarray) -> np.ndarray:
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected uint8 [H, W, 3] RGB, got {image.dtype} {image.shape}")
-        from .rtmpose import keypoint_box
-
-        h, w = image.shape[:2]
-        kp = self.estimate_box(image, (-0.5, -0.5, w - 0.5, h - 0.5))
-        if self.crop == "keypoints":
-            box = keypoint_box(clip_to_image(kp, w, h), self.min_crop_score)
-            if box is not None:
-                kp = self.estimate_box(image, box)
-        kp = clip_to_image(kp, w, h)
-        if float(kp[:, 2].mean()) < self.min_person_score:
-            raise NoPersonFound("no person found")
-        return kp
 
     def close(self) -> None:
         self._model = None

@@ -95,6 +95,26 @@ def movenet_crop_region(kp: np.ndarray, width: int, height: int, min_score: floa
     return x0, y0, x1, y1
 
 
+def load_tflite(path: Path, what: str, num_threads: int = 1):
+    """A LiteRT interpreter for a local ``.tflite`` file, tensors allocated.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file (named; posegen never downloads weights).
+        ImportError: LiteRT (``ai-edge-litert``) is not installed.
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(
+            f"{what} weights not found: {str(path)!r} (a local .tflite file; posegen never downloads weights)"
+        )
+    if importlib.util.find_spec("ai_edge_litert") is None:
+        raise ImportError(f"the {what} backend needs LiteRT (pip install ai-edge-litert==2.3.0)")
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(path), num_threads=int(num_threads))
+    interp.allocate_tensors()
+    return interp
+
+
 class MoveNetBackend(PoseBackend):
     """MoveNet SinglePose Lightning/Thunder from a local ``.tflite`` file.
 
@@ -123,17 +143,10 @@ class MoveNetBackend(PoseBackend):
         min_crop_score: float = 0.2,
         num_threads: int = 1,
     ):
-        path = Path(weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"MoveNet weights not found: {str(path)!r} (a local .tflite file; posegen never downloads weights)")
         if crop not in ("image", "keypoints"):
             raise ValueError(f"crop must be 'image' or 'keypoints', got {crop!r}")
-        if importlib.util.find_spec("ai_edge_litert") is None:
-            raise ImportError("the movenet backend needs LiteRT (pip install ai-edge-litert==2.3.0)")
-        from ai_edge_litert.interpreter import Interpreter
-
-        self._interp = Interpreter(model_path=str(path), num_threads=int(num_threads))
-        self._interp.allocate_tensors()
+        path = Path(weights)
+        self._interp = load_tflite(path, "MoveNet", num_threads)
         inp = self._interp.get_input_details()[0]
         out = self._interp.get_output_details()[0]
         shape = tuple(int(s) for s in inp["shape"])

@@ -149,7 +149,39 @@ def keypoint_box(kp: np.ndarray, min_score: float) -> tuple[float, float, float,
     return float(x0), float(y0), float(x1), float(y1)
 
 
-class RTMPoseBackend(PoseBackend):
+class TopDownBackend(PoseBackend):
+    """A top-down pose model run on a person box: the whole crop first, then (``crop="keypoints"``)
+    again on the box around the first pass's confident joints, for whole-frame images.
+
+    Subclasses implement :meth:`estimate_box` and set ``crop`` (``"image"`` or ``"keypoints"``),
+    ``min_crop_score`` and ``min_person_score`` (mean keypoint score under which no person is found).
+    """
+
+    crop: str = "image"
+    min_crop_score: float = 0.2
+    min_person_score: float = 0.1
+
+    def estimate_box(self, image: np.ndarray, box) -> np.ndarray:
+        """Keypoints ``float32 [17, 3]`` in pixels of ``image`` for the person in ``box``
+        ``(x0, y0, x1, y1)`` (pixels, pixel-index convention)."""
+        raise NotImplementedError
+
+    def estimate(self, image: np.ndarray) -> np.ndarray:
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected uint8 [H, W, 3] RGB, got {image.dtype} {image.shape}")
+        h, w = image.shape[:2]
+        kp = self.estimate_box(image, (-0.5, -0.5, w - 0.5, h - 0.5))
+        if self.crop == "keypoints":
+            box = keypoint_box(clip_to_image(kp, w, h), self.min_crop_score)
+            if box is not None:
+                kp = self.estimate_box(image, box)
+        kp = clip_to_image(kp, w, h)
+        if float(kp[:, 2].mean()) < self.min_person_score:
+            raise NoPersonFound("no person found")
+        return kp
+
+
+class RTMPoseBackend(TopDownBackend):
     """RTMPose / DWPose top-down SimCC model from a local ONNX file.
 
     Args:
@@ -249,20 +281,6 @@ class RTMPoseBackend(PoseBackend):
         x, center, scale = self.preprocess(image, box)
         simcc_x, simcc_y = self._session.run(self._output_names, {self._input_name: x})[:2]
         return self.postprocess(simcc_x, simcc_y, center, scale)
-
-    def estimate(self, image: np.ndarray) -> np.ndarray:
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected uint8 [H, W, 3] RGB, got {image.dtype} {image.shape}")
-        h, w = image.shape[:2]
-        kp = self.estimate_box(image, (-0.5, -0.5, w - 0.5, h - 0.5))
-        if self.crop == "keypoints":
-            box = keypoint_box(clip_to_image(kp, w, h), self.min_crop_score)
-            if box is not None:
-                kp = self.estimate_box(image, box)
-        kp = clip_to_image(kp, w, h)
-        if float(kp[:, 2].mean()) < self.min_person_score:
-            raise NoPersonFound("no person found")
-        return kp
 
     def close(self) -> None:
         self._session = None
