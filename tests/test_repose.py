@@ -317,22 +317,31 @@ def test_make_pairs_and_dataset(tmp_path):
 
 
 class _OracleUNet(ReposeUNet):
-    """Predicts the exact noise for a target equal to the source image (DDPM forward process)."""
+    """Predicts exactly (noise, clean image or v) for a target equal to the source image (DDPM
+    forward process), per ``self.prediction_type``."""
 
     def forward(self, sample, timestep, source, source_pose, target_pose):
         ac = self.alphas_cumprod[torch.as_tensor(timestep).long().cpu()].to(sample.device)
         ac = ac.view(-1, 1, 1, 1) if ac.ndim else ac
-        return (sample - ac.sqrt() * source) / (1 - ac).sqrt()
+        eps = (sample - ac.sqrt() * source) / (1 - ac).sqrt()
+        if self.prediction_type == "sample":
+            return source.expand_as(sample)
+        if self.prediction_type == "v_prediction":
+            return ac.sqrt() * eps - (1 - ac).sqrt() * source
+        return eps
 
 
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
 @pytest.mark.parametrize("name", ["ddim", "dpm++", "ddpm", "unipc", "euler"])
-def test_samplers_recover_the_target_with_an_oracle_denoiser(name):
-    """The pipeline's loop (timesteps, scale_model_input, step) is right for every sampler."""
+def test_samplers_recover_the_target_with_an_oracle_denoiser(name, prediction_type):
+    """The pipeline's loop (timesteps, scale_model_input, step) is right for every sampler and
+    every prediction type."""
     from posegen.repose.schedulers import training_scheduler
 
-    tc = load_recipe("tiny").train
+    tc = load_recipe("tiny").train.model_copy(update={"prediction_type": prediction_type})
     unet = _OracleUNet(resolution=RES, block_out_channels=(8, 16), attention_levels=(False, False), norm_num_groups=4)
     unet.alphas_cumprod = training_scheduler(tc).alphas_cumprod
+    unet.prediction_type = prediction_type
     pipe = ReposePipeline(unet=unet, scheduler=make_scheduler(name, tc))
     img = np.random.default_rng(5).integers(0, 256, (*RES, 3), dtype=np.uint8)
     kp = np.zeros((1, 17, 3), np.float32)
