@@ -49,6 +49,19 @@ def no_network(monkeypatch):
     yield
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a test module: its models are tiny, and with 2 threads on a
+    busy 2-core machine every op waits for a descheduled OpenMP worker (10-60x slower steps were
+    measured). Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # --------------------------------------------------------------------------- real data
 @pytest.fixture(scope="session")
 def blazepose():

@@ -28,14 +28,7 @@ from posegen.repose import (
 RES = (32, 16)  # (h, w) of the test models
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: these models are tiny, and with 2 threads on a busy 2-core machine
-    every op waits for a descheduled OpenMP worker (10-60x slower steps were measured)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _kp(rng: np.random.Generator, w: float, h: float, n: int | None = None) -> np.ndarray:

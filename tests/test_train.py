@@ -25,14 +25,7 @@ from posegen.repose.train import TrainingError, denoising_loss
 STEPS = 120
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: these models are tiny, and with 2 threads on a busy 2-core machine
-    every op waits for a descheduled OpenMP worker (10-60x slower steps were measured)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _recipe(name="tiny", **train):
