@@ -1,0 +1,1 @@
+"""Quality metrics: SSIM/PSNR (torchmetrics), OKS/PCK, identity similarity, optional FID/LPIPS."""

@@ -1,0 +1,1 @@
+"""Pose-validity prior over COCO-17 poses (after RePoseDM)."""

@@ -1,0 +1,1 @@
+"""Visual report of an augment run: report.html contact sheet and score plots."""
