@@ -46,9 +46,12 @@ def repose_one(
     target_name: str | None = None,
     target_size: tuple[int, int] | None = None,
     steps: int | None = None,
-    scheduler: str = "ddim",
+    scheduler: str | None = None,
     seed: int = 0,
     backend: str = "blazepose",
+    pose_guidance_scale: float | None = None,
+    appearance_guidance_scale: float | None = None,
+    device: str = "cpu",
 ) -> dict:
     """Generate the person of ``source`` in the pose of ``target_pose`` and save it to ``out``.
 
@@ -61,30 +64,42 @@ def repose_one(
         target_name: row of the keypoints file (matched on its path or file name).
         target_size: ``(width, height)`` of the image the target keypoints were measured on, for
             keypoint files that do not record it (Pose-Transfer CSVs); default: the source's size.
-        steps: sampling steps (default: the pipeline's scheduler default of 20).
-        scheduler: sampler name (see :data:`posegen.repose.SCHEDULERS`).
+        steps: sampling steps (default: ``sample.steps`` of the model's ``recipe.yaml``, else 20).
+        scheduler: sampler name (see :data:`posegen.repose.SCHEDULERS`); None keeps the model's
+            saved sampler (its recipe's ``sample.scheduler``).
         seed: noise seed.
         backend: pose backend used for the source (and for a target given as an image).
+        pose_guidance_scale, appearance_guidance_scale: guidance scales passed to the pipeline
+            when not None (default: the model recipe's ``sample.pose_guidance`` /
+            ``sample.appearance_guidance`` when the recipe has them, else the pipeline's own).
+        device: torch device to sample on (``"cpu"``, ``"cuda"``).
 
     Returns:
         ``{"width", "height", "target"}`` of the written image.
 
     Raises:
         FileNotFoundError: model, source or target file missing (named).
-        ValueError: no person in the source/target image, or no usable target row.
+        ValueError: no person in the source/target image, no usable target row, or a guidance
+            scale the pipeline does not accept.
         posegen.data.ImageReadError: the source image cannot be read.
     """
-    from . import load_pipeline, make_scheduler
+    from . import load_pipeline
     from ..pose.backends import NoPersonFound
+    from .batch import _guidance_kwargs, model_sample_config, resolve_model_dir
 
     model, source, target_pose = Path(model), Path(source), Path(target_pose)
     for p in (model, source, target_pose):
         if not p.exists():
             raise FileNotFoundError(f"not found: {p}")
-    if (model / "model" / "model_index.json").exists():
-        model = model / "model"
-    pipe = load_pipeline(model)
-    pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
+    sample = model_sample_config(model)
+    model = resolve_model_dir(model)
+    pipe = load_pipeline(model, scheduler=scheduler, device=device)
+    if pose_guidance_scale is None:
+        pose_guidance_scale = getattr(sample, "pose_guidance", None)
+    if appearance_guidance_scale is None:
+        appearance_guidance_scale = getattr(sample, "appearance_guidance", None)
+    extra = _guidance_kwargs(pipe, pose_guidance_scale, appearance_guidance_scale)
+    steps = steps or (sample.steps if sample is not None else 20)
     src_img = read_image(source)
     h, w = src_img.shape[:2]
     with get_backend(backend) as be:
@@ -105,7 +120,7 @@ def repose_one(
     gen = torch.Generator().manual_seed(seed)
     result = pipe(
         source_images=[src_img], source_keypoints=src_kp[None], target_keypoints=np.asarray(tgt_kp)[None],
-        target_sizes=[size], num_inference_steps=steps or 20, generator=[gen], output_type="np",
+        target_sizes=[size], num_inference_steps=steps, generator=[gen], output_type="np", **extra,
     )  # fmt: skip
     images = result.images if hasattr(result, "images") else result
     img = Image.fromarray(np.asarray(images[0])).resize((w, h), Image.BICUBIC)

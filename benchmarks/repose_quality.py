@@ -1,0 +1,313 @@
+"""Re-posing quality benchmark: CUHK03 val identities (never seen in training), cross-view pairs.
+
+Every model change is judged by this table. Protocol:
+
+- **Data**: ``../shared/data/cuhk03-detected/detected/val`` (100 identities that are not in
+  ``train``). Poses are extracted with BlazePose full once and cached under ``runs/bench-cache``.
+- **Pairs**: a fixed, seeded list of same-pid *cross-view* pairs (source in view A, target in view
+  B and vice versa), both with a usable pose; written once to ``benchmarks/quality_pairs.csv`` and
+  read from there afterwards, so every model is measured on the same pairs.
+- **Generation**: the model re-poses each source to its target's pose at 10 and 20 sampler steps
+  (``--steps``), one seeded generator per pair.
+- **Metrics** (:mod:`posegen.metrics`), output vs the real target image resized to the model's
+  resolution: SSIM and PSNR (torchmetrics); OKS and PCK\\@0.5 (bbox reference) between the target
+  pose (model frame) and the pose re-estimated on the output (BlazePose, "no person" counts as
+  OKS 0 and PCK 0); identity cosine similarity of the output to the source (OSNet x0.25 MSMT17
+  ONNX from ``../shared/weights/osnet``); and the kept-rate under the recipe's default filter.
+- **Baseline**: "output = source image" (the source resized to the model's resolution), scored the
+  same way, so that the numbers mean something.
+
+Prints a table and writes ``benchmarks/results/repose_quality[-TAG].{json,md}`` with the command and
+commit. Usage::
+
+    .venv/bin/python benchmarks/repose_quality.py MODEL [--pairs 200] [--steps 10 20] [--tag NAME]
+
+``MODEL`` is a ``posegen train`` run folder or its ``model/`` pipeline folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from posegen._io import atomic_write_json, atomic_write_text, stable_seed
+from posegen.data import load_dataset
+from posegen.data.images import read_image
+from posegen.pose.backends import NoPersonFound, get_backend
+from posegen.pose.extract import extract_poses, usable_poses
+from posegen.pose.formats import keypoints_array, read_poses
+from posegen.pose.keypoints import scale_keypoints
+from posegen.recipe import load_recipe
+from posegen.repose import load_pipeline
+from posegen.repose.render import resize_image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+CUHK03_VAL = SHARED / "data" / "cuhk03-detected" / "detected" / "val"
+OSNET = SHARED / "weights" / "osnet" / "osnet_x0_25_msmt17.onnx"
+PAIRS_FILE = REPO / "benchmarks" / "quality_pairs.csv"
+CACHE = REPO / "runs" / "bench-cache"
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def commit() -> str:
+    """Short hash of the repository's HEAD (``"unknown"`` outside git)."""
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def val_poses(backend) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The CUHK03 val manifest and its BlazePose poses (cached, resumable)."""
+    manifest = load_dataset(CUHK03_VAL)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    poses = extract_poses(manifest, CUHK03_VAL, backend, out=CACHE / "cuhk03-val-poses.parquet")
+    return manifest, poses
+
+
+def make_pair_list(manifest: pd.DataFrame, poses: pd.DataFrame, *, per_pid: int = 2, seed: int = 0) -> pd.DataFrame:
+    """Fixed cross-view pairs: per pid, ``per_pid`` pairs alternating A->B and B->A.
+
+    Only images with a usable pose (:func:`usable_poses`, the tiny recipe's thresholds) take part.
+    Returns a DataFrame ``source, target, pid`` (paths relative to the val root), sorted by pid.
+    """
+    rec = load_recipe("tiny")
+    ok = set(poses.loc[usable_poses(poses, min_score=rec.pose.min_score, min_keypoints=rec.pose.min_keypoints), "path"])
+    m = manifest[manifest["path"].isin(ok)]
+    rows = []
+    for pid, g in m.groupby("pid", sort=True):
+        view_a = sorted(p for p in g["path"] if int(Path(p).stem.split("_")[1]) < 5)
+        view_b = sorted(p for p in g["path"] if int(Path(p).stem.split("_")[1]) >= 5)
+        if not view_a or not view_b:
+            continue
+        rng = np.random.default_rng(stable_seed(seed, "quality-pairs", int(pid)))
+        for j in range(per_pid):
+            a, b = view_a[rng.integers(len(view_a))], view_b[rng.integers(len(view_b))]
+            src, tgt = (a, b) if j % 2 == 0 else (b, a)
+            rows.append({"source": src, "target": tgt, "pid": int(pid)})
+    return pd.DataFrame(rows).drop_duplicates(["source", "target"]).reset_index(drop=True)
+
+
+def load_pairs(manifest: pd.DataFrame, poses: pd.DataFrame) -> pd.DataFrame:
+    """The committed pair list, created on first use."""
+    if PAIRS_FILE.is_file():
+        return pd.read_csv(PAIRS_FILE)
+    pairs = make_pair_list(manifest, poses)
+    atomic_write_text(PAIRS_FILE, pairs.to_csv(index=False))
+    return pairs
+
+
+class Scorer:
+    """Scores outputs at the model resolution against pairs (see the module docstring)."""
+
+    def __init__(self, backend, embedder, pairs: pd.DataFrame, poses: pd.DataFrame, resolution, recipe):
+        from posegen.metrics import cosine  # noqa: F401  (import check)
+
+        self.backend, self.embedder, self.recipe = backend, embedder, recipe
+        self.h, self.w = resolution
+        kp = dict(zip(poses["path"], keypoints_array(poses)))
+        size = dict(zip(poses["path"], zip(poses["width"], poses["height"])))
+        self.pairs = pairs
+        self.src_images = [read_image(CUHK03_VAL / p) for p in pairs["source"]]
+        self.tgt_images = [read_image(CUHK03_VAL / p) for p in pairs["target"]]
+        self.src_kp = np.stack([kp[p] for p in pairs["source"]]).astype(np.float32)
+        self.tgt_kp = np.stack([kp[p] for p in pairs["target"]]).astype(np.float32)
+        self.src_size = np.array([size[p] for p in pairs["source"]], dtype=np.float64)
+        self.tgt_size = np.array([size[p] for p in pairs["target"]], dtype=np.float64)
+        # target pose and real target image in the model frame
+        self.tgt_kp_model = np.stack(
+            [scale_keypoints(k, tuple(s), (self.w, self.h)) for k, s in zip(self.tgt_kp, self.tgt_size)]
+        )
+        self.src_kp_model = np.stack(
+            [scale_keypoints(k, tuple(s), (self.w, self.h)) for k, s in zip(self.src_kp, self.src_size)]
+        )
+        self.tgt_model = np.stack([resize_image(im, (self.h, self.w)) for im in self.tgt_images])
+        self.src_model = np.stack([resize_image(im, (self.h, self.w)) for im in self.src_images])
+        self.src_emb = embedder.embed(self.src_images)
+
+    def score(self, outputs: np.ndarray) -> pd.DataFrame:
+        """Per-pair metrics of ``outputs`` (``uint8 [N, h, w, 3]``, model resolution)."""
+        from posegen.filter import filter_batch
+        from posegen.metrics import oks, pck, psnr, ssim
+
+        min_score = self.recipe.pose.min_score
+        est = []
+        for im in outputs:
+            try:
+                est.append(self.backend.estimate(im))
+            except NoPersonFound:
+                est.append(None)
+        oks_v = [0.0 if e is None else oks(e, t, min_score=min_score) for e, t in zip(est, self.tgt_kp_model)]
+        pck_v = [
+            0.0 if e is None else pck(e, t, alpha=0.5, reference="bbox", min_score=min_score)
+            for e, t in zip(est, self.tgt_kp_model)
+        ]
+        out_emb = self.embedder.embed(list(outputs))
+        ident = (out_emb * self.src_emb).sum(axis=1)
+        kept = filter_batch(
+            outputs, self.src_model, self.src_kp_model, self.tgt_kp_model, self.recipe.filter, self.backend,
+            embedder=self.embedder, source_embeddings=self.src_emb, min_score=min_score,
+        )
+        return pd.DataFrame(
+            {
+                "ssim": ssim(outputs, self.tgt_model),
+                "psnr": psnr(outputs, self.tgt_model),
+                "oks": oks_v,
+                "pck": pck_v,
+                "person_found": [e is not None for e in est],
+                "identity": ident,
+                "kept": kept["kept"].to_numpy(),
+                "reason": kept["reason"].to_numpy(),
+            }
+        )
+
+
+def generate(pipe, scorer: Scorer, steps: int, batch_size: int, seed: int, **guidance) -> tuple[np.ndarray, float]:
+    """Re-pose every pair's source to its target pose; returns ``(uint8 [N, h, w, 3], images/s)``."""
+    outs = []
+    n = len(scorer.pairs)
+    t0 = time.perf_counter()
+    for i in range(0, n, batch_size):
+        sl = slice(i, min(i + batch_size, n))
+        gens = [
+            torch.Generator().manual_seed(stable_seed(seed, "quality", s, t))
+            for s, t in zip(scorer.pairs["source"][sl], scorer.pairs["target"][sl])
+        ]
+        outs.append(
+            pipe(
+                scorer.src_images[sl], scorer.src_kp[sl], scorer.tgt_kp[sl],
+                source_sizes=scorer.src_size[sl], target_sizes=scorer.tgt_size[sl],
+                num_inference_steps=steps, generator=gens, output_type="np", **guidance,
+            )
+        )  # fmt: skip
+    dt = time.perf_counter() - t0
+    return np.concatenate(outs), n / dt
+
+
+def summarise(df: pd.DataFrame) -> dict:
+    """Means over pairs (OKS and PCK include failures as 0) plus the kept-rate."""
+    return {
+        "ssim": float(df["ssim"].mean()),
+        "psnr": float(df["psnr"].replace(np.inf, np.nan).mean()),
+        "oks": float(df["oks"].mean()),
+        "pck": float(df["pck"].mean()),
+        "person_found": float(df["person_found"].mean()),
+        "identity": float(df["identity"].mean()),
+        "kept_rate": float(df["kept"].mean()),
+        "rejected_by_reason": df.loc[~df["kept"], "reason"].value_counts().to_dict(),
+    }
+
+
+def evaluate_model(model, scorer: Scorer, *, steps=(10, 20), batch_size=32, seed=0, scheduler=None, guidance=None) -> list[dict]:
+    """Rows ``{"model", "steps", metrics...}`` for one model at each step count."""
+    pipe = load_pipeline(_pipeline_dir(model), scheduler=scheduler)
+    rows = []
+    for st in steps:
+        outputs, rate = generate(pipe, scorer, st, batch_size, seed, **(guidance or {}))
+        rows.append({"model": str(model), "steps": int(st), "images_per_s": rate, **summarise(scorer.score(outputs))})
+    return rows
+
+
+def baseline(scorer: Scorer) -> dict:
+    """The trivial baseline: output = source image at the model's resolution."""
+    return {"model": "baseline: output = source", "steps": 0, "images_per_s": float("nan"), **summarise(scorer.score(scorer.src_model))}
+
+
+def _pipeline_dir(model) -> Path:
+    p = Path(model)
+    return p / "model" if (p / "model" / "model_index.json").is_file() else p
+
+
+def render_table(rows: list[dict], title: str) -> Table:
+    """A Rich table of :func:`evaluate_model` / :func:`baseline` rows."""
+    t = Table(title=title)
+    for col in ("model", "steps", "SSIM", "PSNR", "OKS", "PCK@0.5", "person found", "identity", "kept", "img/s"):
+        t.add_column(col, justify="right")
+    for r in rows:
+        t.add_row(
+            Path(r["model"]).name if os.sep in r["model"] else r["model"], str(r["steps"]),
+            f"{r['ssim']:.3f}", f"{r['psnr']:.2f}", f"{r['oks']:.3f}", f"{r['pck']:.3f}",
+            f"{r['person_found']:.0%}", f"{r['identity']:.3f}", f"{r['kept_rate']:.0%}",
+            "-" if np.isnan(r["images_per_s"]) else f"{r['images_per_s']:.2f}",
+        )  # fmt: skip
+    return t
+
+
+def markdown(rows: list[dict], header: str) -> str:
+    """The rows as a Markdown table under ``header``."""
+    lines = [header, "", "| model | steps | SSIM | PSNR | OKS | PCK@0.5 | person found | identity | kept | img/s |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for r in rows:
+        lines.append(
+            f"| {r.get('label', r['model'])} | {r['steps']} | {r['ssim']:.3f} | {r['psnr']:.2f} | {r['oks']:.3f} | "
+            f"{r['pck']:.3f} | {r['person_found']:.0%} | {r['identity']:.3f} | {r['kept_rate']:.0%} | "
+            f"{'-' if np.isnan(r['images_per_s']) else format(r['images_per_s'], '.2f')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def setup(n_pairs: int, resolution, recipe, backend):
+    """Pairs, poses and a :class:`Scorer` (the parts every evaluation shares)."""
+    from posegen.metrics import ReidEmbedder
+
+    if not CUHK03_VAL.is_dir():
+        sys.exit(f"data not found: {CUHK03_VAL} (the ../shared folder beside the repository)")
+    manifest, poses = val_poses(backend)
+    pairs = load_pairs(manifest, poses).head(n_pairs).reset_index(drop=True)
+    return Scorer(backend, ReidEmbedder(OSNET), pairs, poses, resolution, recipe)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("model", type=Path, help="posegen train run folder or its model/ folder")
+    ap.add_argument("--pairs", type=int, default=200, help="first N pairs of the fixed list")
+    ap.add_argument("--steps", type=int, nargs="+", default=[10, 20])
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--scheduler", default=None, help="sampler (default: the model's)")
+    ap.add_argument("--recipe", default="tiny", help="recipe whose filter thresholds give the kept-rate")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tag", default="", help="results file suffix")
+    args = ap.parse_args()
+
+    recipe = load_recipe(args.recipe)
+    pipe_dir = _pipeline_dir(args.model)
+    resolution = tuple(json.loads((pipe_dir / "unet" / "config.json").read_text())["resolution"])
+    t0 = time.perf_counter()
+    with get_backend("blazepose") as be:
+        scorer = setup(args.pairs, resolution, recipe, be)
+        rows = [baseline(scorer)]
+        rows += evaluate_model(args.model, scorer, steps=args.steps, batch_size=args.batch_size,
+                               seed=args.seed, scheduler=args.scheduler)  # fmt: skip
+    result = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "commit": commit(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}",
+        "pairs": len(scorer.pairs),
+        "resolution": list(resolution),
+        "recipe_filter": recipe.filter.model_dump(mode="json"),
+        "rows": rows,
+        "seconds": time.perf_counter() - t0,
+    }
+    Console().print(render_table(rows, f"re-posing quality, {len(scorer.pairs)} CUHK03 val cross-view pairs"))
+    suffix = f"-{args.tag}" if args.tag else ""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(RESULTS / f"repose_quality{suffix}.json", result)
+    md = markdown(rows, f"# Re-posing quality ({len(scorer.pairs)} pairs)\n\n`{result['command']}` at commit {result['commit']}")
+    atomic_write_text(RESULTS / f"repose_quality{suffix}.md", md)
+
+
+if __name__ == "__main__":
+    main()
