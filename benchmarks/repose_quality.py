@@ -47,7 +47,7 @@ from posegen.data import load_dataset
 from posegen.data.images import read_image
 from posegen.pose.backends import NoPersonFound, get_backend
 from posegen.pose.extract import extract_poses, usable_poses
-from posegen.pose.formats import keypoints_array, read_poses
+from posegen.pose.formats import keypoints_array
 from posegen.pose.keypoints import scale_keypoints
 from posegen.recipe import load_recipe
 from posegen.repose import load_pipeline
@@ -114,8 +114,6 @@ class Scorer:
     """Scores outputs at the model resolution against pairs (see the module docstring)."""
 
     def __init__(self, backend, embedder, pairs: pd.DataFrame, poses: pd.DataFrame, resolution, recipe):
-        from posegen.metrics import cosine  # noqa: F401  (import check)
-
         self.backend, self.embedder, self.recipe = backend, embedder, recipe
         self.h, self.w = resolution
         kp = dict(zip(poses["path"], keypoints_array(poses)))

@@ -26,7 +26,9 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from .augment import augment_cmd, filter_cmd
 from .downstream import eval_downstream_cmd
+from .repose import repose_cmd
 
 app = typer.Typer(
     name="posegen",
@@ -156,99 +158,9 @@ def train_cmd(
     console.print(f"model: {model_dir}  ({time.perf_counter() - t0:.0f} s); loss log: {out / 'loss.csv'}")
 
 
-@app.command("repose")
-def repose_cmd(
-    model: Path = typer.Option(..., "--model", help="A train run folder or its model/ folder."),
-    source: Path = typer.Option(..., "--source", help="Source image of the person."),
-    target_pose: Path = typer.Option(
-        ..., "--target-pose", help="An image whose pose to copy, or a keypoints file (.parquet/.csv/.json)."
-    ),
-    target_name: Optional[str] = typer.Option(None, help="Row of the keypoints file to use (its path/name); default: the first ok row."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output PNG."),
-    steps: Optional[int] = typer.Option(None, help="Sampling steps (default: the model's)."),
-    scheduler: str = typer.Option("ddim", help="Sampler: ddim, dpm++, unipc, euler, ddpm."),
-    seed: int = typer.Option(0, help="Noise seed."),
-    backend: str = typer.Option("blazepose", help="Pose backend for images without keypoints."),
-):
-    """Re-pose one image into a target pose."""
-    from posegen.repose.single import repose_one
-
-    with _clear_errors():
-        info = repose_one(
-            model, source, target_pose, out, target_name=target_name, steps=steps,
-            scheduler=scheduler, seed=seed, backend=backend,
-        )  # fmt: skip
-    console.print(f"wrote {out} ({info['width']}x{info['height']}) from target pose {info['target']}")
-
-
-@app.command("augment")
-def augment_cmd(
-    data: Path = typer.Argument(..., help="Dataset folder (never modified)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder: the enlarged dataset in DATA's layout."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Trained model (train run folder); default: train the recipe's model on DATA first."),
-    recipe: str = typer.Option("tiny", help="Recipe name (tiny, cuhk03) or YAML path."),
-    layout: Optional[str] = typer.Option(None, help="Force a layout: market1501, cuhk03 or generic."),
-    k: Optional[int] = typer.Option(None, "-k", help="Target poses per source image (default: recipe)."),
-    seed: int = typer.Option(0, help="Run seed (targets and noise derive from it)."),
-    limit: Optional[int] = typer.Option(None, help="Trial run on the first N images (sorted by path)."),
-    split: list[str] = typer.Option(["train"], "--split", help="Splits to re-pose (repeatable)."),
-    steps: Optional[int] = typer.Option(None, help="Sampling steps (default: recipe)."),
-    scheduler: Optional[str] = typer.Option(None, help="Sampler (default: recipe): ddim, dpm++, unipc, euler, ddpm."),
-    train_steps: Optional[int] = typer.Option(None, help="Training steps when no --model is given (default: recipe)."),
-    backend: str = typer.Option("blazepose", help="Pose backend."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in OUT."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous posegen output in OUT."),
-):
-    """Re-pose every image of DATA into K target poses, filter, and write an enlarged dataset to OUT."""
-    from posegen.augment import augment, summarize
-    from posegen.pose.backends import get_backend
-    from posegen.recipe import load_recipe
-
-    with _clear_errors():
-        rec = load_recipe(recipe)
-        t0 = time.perf_counter()
-        stage_time: dict[str, list[float]] = {}
-
-        def timed(update):
-            def cb(stage, done, total):
-                now = time.perf_counter()
-                stage_time.setdefault(stage, [now, done, now, done])[2:] = [now, done]
-                update(stage, done, total)
-
-            return cb
-
-        with get_backend(backend) as be, _progress() as update:
-            manifest = augment(
-                data, out, recipe=rec, backend=be, model=model, layout=layout, seed=seed, k=k,
-                limit=limit, splits=tuple(split), num_inference_steps=steps, scheduler=scheduler,
-                train_steps=train_steps, resume=resume, overwrite=overwrite, progress=timed(update),
-            )  # fmt: skip
-    s = summarize(manifest)
-    table = Table(title=f"posegen augment -> {out}")
-    for col in ("real", "generated", "kept", "rejected", "mean OKS (kept)", "minutes"):
-        table.add_column(col, justify="right")
-    table.add_row(
-        str(s["real"]), str(s["generated"]), str(s["kept"]), str(s["rejected"]),
-        f"{s['mean_oks_kept']:.2f}", f"{(time.perf_counter() - t0) / 60:.1f}",
-    )  # fmt: skip
-    console.print(table)
-    if s["rejected_by_reason"]:
-        reasons = Table(title="rejected, by reason")
-        reasons.add_column("reason")
-        reasons.add_column("images", justify="right")
-        for r, n in s["rejected_by_reason"].items():
-            reasons.add_row(r, str(n))
-        console.print(reasons)
-    rates = Table(title="stages")
-    for col in ("stage", "items", "seconds", "items/s"):
-        rates.add_column(col, justify="right")
-    for stage, (t_start, n_start, t_end, n_end) in stage_time.items():
-        n, dt = n_end - n_start, max(t_end - t_start, 1e-9)
-        rates.add_row(stage, str(n), f"{dt:.1f}", f"{n / dt:.2f}")
-    console.print(rates)
-    console.print(f"manifest: {out / 'manifest.parquet'}")
-
-
+app.command("repose")(repose_cmd)
+app.command("augment")(augment_cmd)
+app.command("filter")(filter_cmd)
 app.command("eval-downstream")(eval_downstream_cmd)
 
 

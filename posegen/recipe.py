@@ -45,11 +45,28 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
 
+class ConditioningConfig(_Strict):
+    """Which conditioning paths the re-posing model has (all False = concatenation only).
+
+    See :mod:`posegen.repose.model`: ``texture_attention`` = texture encoder tokens + cross-attention
+    (PIDM), ``pose_aligned`` = keypoint flow + learned coarse-to-fine refinement of warped texture
+    features (RePoseDM), ``focal_tokens`` = face / upper / lower body region tokens (MCLD). Each can
+    be switched off alone for an ablation at equal training budget.
+    """
+
+    texture_attention: bool = False
+    pose_aligned: bool = False
+    focal_tokens: bool = False
+
+
 class ModelConfig(_Strict):
-    """Architecture of the pose-conditioned denoising UNet (diffusers ``UNet2DModel`` blocks).
+    """Architecture of the pose-conditioned denoising UNet (diffusers ``UNet2DModel`` blocks, or
+    ``UNet2DConditionModel`` when any ``conditioning`` path is on).
 
     ``resolution`` is ``(height, width)`` in pixels of the generated image; it must be divisible
-    by ``2 ** (len(block_out_channels) - 1)``.
+    by ``2 ** (len(block_out_channels) - 1)``. ``attention_levels`` picks the self-attention levels
+    of the concatenation model, or the cross-attention levels (and the texture-token levels) of
+    the conditioned one.
     """
 
     resolution: tuple[int, int] = (128, 64)
@@ -61,6 +78,14 @@ class ModelConfig(_Strict):
         1.5, gt=0, description="Gaussian heatmap std, in pixels at the model's resolution"
     )
     limb_width: float = Field(1.0, gt=0, description="limb map half-width, pixels at model resolution")
+    conditioning: ConditioningConfig = ConditioningConfig()
+    cross_attention_dim: int = Field(64, ge=1, description="width of the cross-attention tokens")
+    attention_head_dim: int = Field(8, ge=1, description="channels per attention head")
+    texture_channels: tuple[int, ...] | None = Field(
+        None, description="texture encoder channels per level (None: block_out_channels)"
+    )
+    focal_size: tuple[int, int] = Field((16, 16), description="(height, width) of the focal region crops, px")
+    focal_tokens_per_region: int = Field(4, ge=1, description="tokens per focal region (a perfect square)")
 
     @field_validator("attention_levels")
     @classmethod
@@ -68,6 +93,21 @@ class ModelConfig(_Strict):
         boc = info.data.get("block_out_channels")
         if boc is not None and len(v) != len(boc):
             raise ValueError(f"needs one entry per block ({len(boc)}), got {len(v)}")
+        return v
+
+    @field_validator("texture_channels")
+    @classmethod
+    def _tex_len(cls, v, info):
+        boc = info.data.get("block_out_channels")
+        if v is not None and boc is not None and len(v) != len(boc):
+            raise ValueError(f"needs one entry per block ({len(boc)}), got {len(v)}")
+        return v
+
+    @field_validator("focal_tokens_per_region")
+    @classmethod
+    def _square(cls, v):
+        if round(v**0.5) ** 2 != v:
+            raise ValueError(f"must be a perfect square (1, 4, 9, ...), got {v}")
         return v
 
     @field_validator("resolution")
@@ -100,6 +140,15 @@ class TrainConfig(_Strict):
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     num_workers: int = Field(0, ge=0)
     seed: int = 0
+    pose_dropout: float = Field(
+        0.0, ge=0, lt=1, description="probability of dropping the pose conditions of a sample (for guidance)"
+    )
+    appearance_dropout: float = Field(
+        0.0, ge=0, lt=1, description="probability of dropping the appearance conditions (independent of pose)"
+    )
+    ema_decay: float = Field(
+        0.0, ge=0, lt=1, description="EMA of the weights (diffusers EMAModel); 0 = off; model/ holds the EMA"
+    )
 
 
 class SampleConfig(_Strict):
@@ -108,6 +157,15 @@ class SampleConfig(_Strict):
     scheduler: str = "ddim"
     steps: int = Field(20, ge=1)
     batch_size: int = Field(16, ge=1)
+    pose_guidance: float = Field(
+        1.0, description="disentangled classifier-free guidance scale of the pose (1.0 = off)"
+    )
+    appearance_guidance: float = Field(
+        1.0, description="disentangled classifier-free guidance scale of the appearance (1.0 = off)"
+    )
+    prior_guidance: float = Field(
+        0.0, ge=0, description="pose-prior gradient guidance step (RePoseDM; 0.0 = off)"
+    )
 
 
 class PoseConfig(_Strict):
@@ -120,11 +178,48 @@ class PoseConfig(_Strict):
 
 
 class FilterConfig(_Strict):
-    """Quality filter (first version): pose fidelity and sanity."""
+    """Quality filter (version 2) of generated images: sanity, pose fidelity, identity, near-copies.
+
+    The checks and the order in which the first failing one names the rejection are documented in
+    :mod:`posegen.filter.scores`. Similarities are cosines of L2-normalised re-ID embeddings in
+    ``[-1, 1]``; SSIM is on ``[0, 1]`` images; OKS is COCO's with the target's keypoint box as area.
+
+    Defaults are for 128x64 outputs, measured with OSNet x0.25 (MSMT17) on 578 real CUHK03 train
+    images of 60 pids, each downscaled to 128x64 and back (``benchmarks``-style numbers in
+    ``posegen.filter.scores``): ``min_identity`` and ``min_identity_others`` are the 10th percentiles
+    of the same-pid similarities (so 90% of real same-pid images would pass); ``max_source_ssim``
+    lies between real different images of one person (99th percentile 0.28-0.37) and copies of the
+    source (1st percentile 0.97); ``copy_pose_oks`` is exceeded by 0.5% of random pose pairs.
+    """
 
     min_oks: float = Field(0.5, ge=0, le=1, description="OKS(target, re-estimated) needed to keep")
     min_std: float = Field(
         0.02, ge=0, description="an output whose pixel std (0..1 scale) is below this is 'blank'"
+    )
+    min_identity: float = Field(
+        0.63, ge=-1, le=1, description="cosine(re-ID embedding of output, of its source) needed to keep"
+    )
+    min_identity_others: float = Field(
+        0.68,
+        ge=-1,
+        le=1,
+        description="mean cosine to the pid's other real train images needed to keep (skipped when none)",
+    )
+    max_source_ssim: float = Field(
+        0.7,
+        ge=0,
+        le=1,
+        description="SSIM(output, source) at the model's resolution at or above which the output is a near-copy",
+    )
+    copy_pose_oks: float = Field(
+        0.8,
+        ge=0,
+        le=1,
+        description="the near-copy check applies when OKS(source pose, target pose) in the model frame is below this",
+    )
+    reid_weights: str | None = Field(
+        None,
+        description="re-ID embedder (OSNet ONNX file) for the identity checks; None skips them (scores NaN)",
     )
 
 
@@ -134,6 +229,12 @@ class AugmentConfig(_Strict):
     k: int = Field(4, ge=1, description="target poses (generated images) per source image")
     target_from_other_pids: bool = Field(
         True, description="draw target poses from other identities' images (else any other image)"
+    )
+    use_prior: bool = Field(
+        True, description="skip target poses the pose-validity prior finds implausible, before generating"
+    )
+    prior_threshold: float | None = Field(
+        None, description="prior energy above which a target pose is implausible; None = the prior's calibrated one"
     )
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import numpy as np
+
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,3 +95,20 @@ def cuhk03_small(cuhk03_train, blazepose, tmp_path_factory):
     out = tmp_path_factory.mktemp("cuhk03_small") / "poses.parquet"
     poses = extract_poses(manifest, cuhk03_train, blazepose, out=out)
     return cuhk03_train, manifest, poses
+
+
+def standing_pose(noise: float = 0.0, seed: int = 0) -> np.ndarray:
+    """A front-facing standing person in a 64x128 (w x h) image: COCO-17 ``float32 [17, 3]``
+    (x, y, score 0.9), pixel-index coordinates, all joints present; ``noise`` adds Gaussian jitter
+    (std in pixels) to x and y."""
+    pts = {
+        0: (32, 14), 1: (30, 12), 2: (34, 12), 3: (27, 13), 4: (37, 13),
+        5: (24, 26), 6: (40, 26), 7: (20, 40), 8: (44, 40), 9: (18, 54), 10: (46, 54),
+        11: (27, 58), 12: (37, 58), 13: (27, 80), 14: (37, 80), 15: (27, 102), 16: (37, 102),
+    }  # fmt: skip
+    kp = np.zeros((17, 3), np.float32)
+    for k, (x, y) in pts.items():
+        kp[k] = (x, y, 0.9)
+    if noise:
+        kp[:, :2] += np.random.default_rng(seed).normal(0, noise, (17, 2)).astype(np.float32)
+    return kp

@@ -1,15 +1,26 @@
-"""`augment` end to end on real CUHK03 images: output tree, manifest, reasons, resume, safety."""
+"""`augment` end to end on real CUHK03 images: output tree, manifest, reasons, resume, safety, the
+report, and `posegen filter` (re-scoring an output folder)."""
 
 from __future__ import annotations
 
+import json
+import shutil
+
+import numpy as np
 import pandas as pd
 import pytest
+import yaml
+from conftest import SHARED, require
+from PIL import Image
 
-from posegen.augment import OutputDirError, augment, summarize, synthetic_name
+from posegen.augment import MANIFEST_COLUMNS, OutputDirError, augment, summarize, synthetic_name
+from posegen.augment.run import NO_REID_NOTE, SCORE_COLUMNS
 from posegen.data import load_dataset
+from posegen.filter import REASON_ORDER, refilter
 from posegen.recipe import load_recipe
 
 LIMIT, K, STEPS = 12, 2, 4
+OSNET = SHARED / "weights" / "osnet" / "osnet_x0_25_msmt17.onnx"
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +30,7 @@ def run(cuhk03_train, blazepose, tmp_path_factory):
     before = sorted(p.name for p in cuhk03_train.iterdir())
     manifest = augment(
         cuhk03_train, out, recipe=load_recipe("tiny"), backend=blazepose, seed=3, k=K, limit=LIMIT,
-        num_inference_steps=STEPS, train_steps=30,
+        num_inference_steps=STEPS, train_steps=30, reid_weights=require(OSNET),
     )  # fmt: skip
     assert sorted(p.name for p in cuhk03_train.iterdir()) == before  # DIR is never modified
     return out, manifest
@@ -54,6 +65,20 @@ def test_output_tree_and_manifest(run, cuhk03_train):
     assert (out / ".posegen" / "model-run" / "model" / "model_index.json").exists()
     s = summarize(manifest)
     assert s["kept"] + s["rejected"] == len(syn) and s["real"] == LIMIT
+    # filter v2: every score column is present; identity scores computed for every finite output
+    assert list(manifest.columns) == MANIFEST_COLUMNS
+    scored = generated[generated["path"] != ""]
+    assert scored["identity_sim"].between(-1, 1).all() and scored["source_ssim"].between(-1, 1).all()
+    assert scored["source_pose_oks"].between(0, 1).all() and scored["prior_energy"].notna().all()
+    assert scored["identity_sim_others"].notna().all()  # CUHK03 pids have other train images
+    assert real[SCORE_COLUMNS].isna().all().all()
+    for r in syn.loc[~syn["kept"], "reason"]:
+        assert r.startswith("source pose") or any(r.startswith(p) for p in (*REASON_ORDER, "implausible target pose"))
+    settings = json.loads((out / ".posegen" / "run.json").read_text())
+    assert settings["reid_weights"] == str(OSNET.resolve()) and settings["notes"] == []
+    # the report
+    assert (out / "report.html").is_file() and (out / "report-scores.png").is_file()
+    assert any((out / ".posegen" / "report").glob("out-*.png"))
 
 
 def test_non_empty_out_is_refused(run, cuhk03_train, blazepose):
@@ -81,10 +106,114 @@ def test_interrupted_run_resumes_identically(run, cuhk03_train, blazepose):
     (out / "manifest.parquet").unlink()
     resumed = augment(
         cuhk03_train, out, recipe=load_recipe("tiny"), backend=blazepose, seed=3, k=K, limit=LIMIT,
-        num_inference_steps=STEPS, train_steps=30, resume=True,
+        num_inference_steps=STEPS, train_steps=30, reid_weights=OSNET, resume=True,
     )  # fmt: skip
     assert {rel: (out / rel).read_bytes() for rel in last["path"]} == images
     pd.testing.assert_frame_equal(
         resumed.sort_values(["source", "k", "path"]).reset_index(drop=True),
         manifest.sort_values(["source", "k", "path"]).reset_index(drop=True),
     )
+
+
+def _copy_run(run, tmp_path):
+    out, _ = run
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    return copy
+
+
+def _recipe_file(tmp_path, name, **filter_fields):
+    data = yaml.safe_load(_tiny_path().read_text())
+    data["filter"].update(filter_fields)
+    data["augment"]["prior_threshold"] = 1e9  # no target is implausible
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _tiny_path():
+    from posegen.recipe import builtin_recipes
+
+    return builtin_recipes()["tiny"]
+
+
+def _agrees_with_disk(out, manifest):
+    syn = manifest[manifest["synthetic"] & (manifest["k"] > 0) & (manifest["path"] != "")]
+    for _, r in syn.iterrows():
+        name = synthetic_name(r["source"], r["k"])
+        kept_file, rej_file = out / name, out / ".posegen" / "rejected" / name
+        assert r["path"] == (name if r["kept"] else f".posegen/rejected/{name}")
+        assert kept_file.is_file() == bool(r["kept"]) and rej_file.is_file() == (not r["kept"])
+    parts = pd.concat([pd.read_parquet(p) for p in sorted((out / ".posegen" / "parts").glob("part-*.parquet"))])
+    key = ["source", "k"]
+    pd.testing.assert_frame_equal(
+        parts.sort_values(key).reset_index(drop=True),
+        manifest[manifest["synthetic"] & (manifest["k"] > 0)].sort_values(key).reset_index(drop=True),
+    )
+
+
+def test_refilter_same_thresholds_changes_nothing(run, blazepose, tmp_path):
+    out = _copy_run(run, tmp_path)
+    before = pd.read_parquet(out / "manifest.parquet")
+    after = refilter(out, backend=blazepose)
+    cols = ["path", "kept", "reason", *SCORE_COLUMNS]
+    pd.testing.assert_frame_equal(after[cols], before[cols], check_exact=False, atol=1e-6)
+    _agrees_with_disk(out, after)
+
+
+def test_refilter_moves_files_when_thresholds_change(run, cuhk03_train, blazepose, tmp_path):
+    out = _copy_run(run, tmp_path)
+    manifest = pd.read_parquet(out / "manifest.parquet")
+    gen = manifest[manifest["synthetic"] & (manifest["k"] > 0) & (manifest["path"] != "")]
+    # plant a good output: a real photo of the source's identity in place of one generated image
+    r = gen.iloc[0]
+    pid = int(r["pid"])
+    real = [p for p in sorted(cuhk03_train.glob(f"{pid:04d}_*.jpg")) if p.name != r["source"]][0]
+    with Image.open(real) as im:
+        im.convert("RGB").resize((int(r["width"]), int(r["height"]))).save(out / r["path"], quality=95)
+    lax = _recipe_file(
+        tmp_path, "lax", min_oks=0.0, min_std=0.0, min_identity=-1.0, min_identity_others=-1.0, max_source_ssim=1.0
+    )
+    first = refilter(out, recipe=load_recipe(lax), backend=blazepose)
+    planted = first[(first["source"] == r["source"]) & (first["k"] == r["k"])].iloc[0]
+    assert planted["kept"], planted["reason"]
+    assert planted["path"] == synthetic_name(r["source"], int(r["k"])) and (out / planted["path"]).is_file()
+    _agrees_with_disk(out, first)
+    assert load_dataset(out)["synthetic"].sum() == first.loc[first["synthetic"], "kept"].sum()
+    # a stricter threshold through the CLI: the kept image goes back to the rejected folder
+    from typer.testing import CliRunner
+
+    from posegen.cli.app import app
+
+    strict = _recipe_file(tmp_path, "strict", min_oks=1.0)
+    res = CliRunner().invoke(app, ["filter", str(out), "--recipe", str(strict), "--reid-weights", str(OSNET)])
+    assert res.exit_code == 0, res.output
+    assert "before" in res.output and "after" in res.output
+    second = pd.read_parquet(out / "manifest.parquet")
+    planted = second[(second["source"] == r["source"]) & (second["k"] == r["k"])].iloc[0]
+    assert not planted["kept"] and planted["reason"] == "low pose fidelity (OKS < 1)"
+    assert planted["path"].startswith(".posegen/rejected/") and (out / planted["path"]).is_file()
+    assert not (out / synthetic_name(r["source"], int(r["k"]))).exists()
+    _agrees_with_disk(out, second)
+    info = json.loads((out / ".posegen" / "refilter.json").read_text())
+    assert info["moved_to_rejected"] >= 1 and info["filter"]["min_oks"] == 1.0
+    # inputs untouched, report rewritten with existing thumbnails only
+    assert (out / "report.html").is_file()
+    for src in __import__("re").findall(r'src="([^"]+)"', (out / "report.html").read_text()):
+        assert (out / src).is_file()
+
+
+def test_no_reid_weights_skips_identity_with_a_note(cuhk03_train, blazepose, tmp_path, run):
+    """Without re-ID weights the identity scores are NaN, run.json and the report say why."""
+    model = run[0] / ".posegen" / "model-run"  # the fixture's trained model: no training here
+    out = tmp_path / "noreid"
+    manifest = augment(
+        cuhk03_train, out, recipe=load_recipe("tiny"), backend=blazepose, model=model, seed=3, k=1, limit=4,
+        num_inference_steps=2,
+    )  # fmt: skip
+    settings = json.loads((out / ".posegen" / "run.json").read_text())
+    assert settings["reid_weights"] is None and settings["notes"] == [NO_REID_NOTE]
+    gen = manifest[manifest["synthetic"] & (manifest["k"] > 0) & (manifest["path"] != "")]
+    assert len(gen) and gen["identity_sim"].isna().all() and gen["identity_sim_others"].isna().all()
+    assert np.isfinite(gen["source_ssim"]).all() and np.isfinite(gen["oks"]).all()
+    assert NO_REID_NOTE in (out / "report.html").read_text()

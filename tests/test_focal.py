@@ -7,24 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import standing_pose
 from posegen.repose.focal import REGIONS, crop_regions, focal_boxes
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 FACE, UPPER, LOWER = range(3)
-
-
-def standing_pose() -> np.ndarray:
-    """A front-facing person in a 64x128 (w x h) image, pixel-index coordinates."""
-    pts = {
-        0: (32, 14), 1: (30, 12), 2: (34, 12), 3: (27, 13), 4: (37, 13),
-        5: (24, 26), 6: (40, 26), 7: (20, 40), 8: (44, 40), 9: (18, 54), 10: (46, 54),
-        11: (27, 58), 12: (37, 58), 13: (27, 80), 14: (37, 80), 15: (27, 102), 16: (37, 102),
-    }  # fmt: skip
-    kp = np.zeros((17, 3), np.float32)
-    for k, (x, y) in pts.items():
-        kp[k] = (x, y, 0.9)
-    return kp
 
 
 def test_hand_made_pose_gives_the_expected_boxes():

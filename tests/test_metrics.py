@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import CUHK03, SHARED, require
+from conftest import CUHK03, SHARED, require, standing_pose
 from posegen.metrics import ReidEmbedder, cosine, fid, lpips, oks, oks_batch, pck, psnr, ssim
 from posegen.pose.keypoints import COCO17_OKS_SIGMAS
 
@@ -20,15 +20,8 @@ OSNET = SHARED / "weights" / "osnet" / "osnet_x0_25_msmt17.onnx"
 
 
 def _pose(seed=0):
-    """A plausible standing pose in a 64 x 128 image, all joints present."""
-    xy = np.array(
-        [[32, 12], [34, 10], [30, 10], [37, 11], [27, 11], [40, 24], [24, 24], [43, 40], [21, 40],
-         [44, 54], [20, 54], [37, 62], [27, 62], [38, 85], [26, 85], [38, 110], [26, 110]],
-        dtype=np.float32,
-    )  # fmt: skip
-    kp = np.ones((17, 3), dtype=np.float32)
-    kp[:, :2] = xy + np.random.default_rng(seed).normal(0, 0.5, xy.shape)
-    return kp
+    """The shared standing pose with 0.5 px jitter."""
+    return standing_pose(noise=0.5, seed=seed)
 
 
 # --------------------------------------------------------------------------- OKS

@@ -1,5 +1,6 @@
-"""Tests of posegen.prior: the shipped pose-validity prior (AUC on real Market-1501 poses),
-invariances, gradients, loading and deterministic training."""
+"""Tests of posegen.prior: the shipped pose-validity prior (AUC on real Market-1501 poses, few real
+CUHK03 BlazePose poses flagged), invariances, gradients, loading, deterministic and weighted
+training, per-source calibration."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import MARKET_KP, require
+from conftest import CUHK03, MARKET_KP, require, standing_pose
 from posegen.prior import (
     PERTURBATIONS,
     PoseValidityPrior,
+    calibrate_threshold,
     evaluate_auc,
     load_pose_bank,
     load_pose_prior,
@@ -24,15 +26,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _pose(seed=0):
-    """A standing pose in a 64 x 128 crop, all 17 joints present."""
-    xy = np.array(
-        [[32, 12], [34, 10], [30, 10], [37, 11], [27, 11], [40, 24], [24, 24], [43, 40], [21, 40],
-         [44, 54], [20, 54], [37, 62], [27, 62], [38, 85], [26, 85], [38, 110], [26, 110]],
-        dtype=np.float32,
-    )  # fmt: skip
-    kp = np.ones((17, 3), dtype=np.float32)
-    kp[:, :2] = xy + np.random.default_rng(seed).normal(0, 1.0, xy.shape)
-    return kp
+    """The shared standing pose with 1.0 px jitter."""
+    return standing_pose(noise=1.0, seed=seed)
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +146,69 @@ def test_training_is_deterministic_for_a_seed(tmp_path):
     again = load_pose_prior(tmp_path / "prior")
     np.testing.assert_allclose(again.score(bank[:5]), a.score(bank[:5]), rtol=1e-6)
     assert again.config.training["seed"] == 3
+
+
+def test_sample_weights_never_draw_zero_weight_poses():
+    rng = np.random.default_rng(0)
+    a = np.stack([_pose(i) for i in range(300)])
+    a[:, :, :2] += rng.normal(0, 10, (300, 1, 2)).astype(np.float32)
+    b = a[:200].copy()
+    b[:, :, 1] *= -1.0  # upside-down poses: different data
+    kw = dict(steps=15, batch_size=64, hidden=32, layers=2, seed=3)
+    only_a = train_pose_prior(a, sample_weights=np.ones(300), **kw)
+    mixed = train_pose_prior(np.concatenate([b, a]), sample_weights=np.r_[np.zeros(200), np.ones(300)], **kw)
+    for (k, va), vb in zip(only_a.state_dict().items(), mixed.state_dict().values()):
+        assert torch.equal(va, vb), k
+    assert mixed.config.training["weighted_sampling"] is True
+    assert mixed.config.training["n_train_poses"] == 500
+    with pytest.raises(ValueError, match="sample_weights must be"):
+        train_pose_prior(a, sample_weights=np.ones(10), **kw)
+    with pytest.raises(ValueError, match=">= 0"):
+        train_pose_prior(a, sample_weights=-np.ones(300), **kw)
+    with pytest.raises(ValueError, match="zero"):
+        train_pose_prior(a, sample_weights=np.zeros(300), **kw)
+
+
+def test_calibrate_threshold_per_group_is_the_largest_quantile(prior, tmp_path):
+    save_pose_prior(prior, tmp_path / "copy")
+    model = load_pose_prior(tmp_path / "copy")  # calibrating changes the config: not the shared fixture
+    rng = np.random.default_rng(2)
+    tight = np.stack([_pose(i) for i in range(200)])
+    loose = np.stack([perturb_pose(_pose(i), "jitter", rng) for i in range(50)])
+    kp = np.concatenate([tight, loose])
+    groups = np.r_[np.zeros(200), np.ones(50)]
+    e = model.score(kp)
+    thr = calibrate_threshold(model, kp, 0.9, groups=groups)
+    assert thr == pytest.approx(max(np.quantile(e[:200], 0.9), np.quantile(e[200:], 0.9)))
+    assert model.config.threshold == thr
+    for g in (0, 1):
+        assert np.mean(e[groups == g] > thr) <= 0.1 + 1e-9
+    # pooled, the large tight group would set a threshold flagging most of the loose group
+    pooled = calibrate_threshold(model, kp, 0.9)
+    assert pooled < thr and pooled == pytest.approx(np.quantile(e, 0.9))
+    with pytest.raises(ValueError, match="groups"):
+        calibrate_threshold(model, kp, 0.9, groups=groups[:10])
+
+
+@pytest.fixture(scope="module")
+def cuhk03_val_poses(blazepose, tmp_path_factory):
+    """Usable BlazePose-full poses ``float32 [N, 17, 3]`` of the first 15 identities of real CUHK03
+    val (150 images; never used to train or calibrate the shipped prior)."""
+    from posegen.data import load_dataset
+    from posegen.pose.extract import extract_poses, usable_poses
+    from posegen.pose.formats import keypoints_array
+
+    root = require(CUHK03 / "val")
+    manifest = load_dataset(root)
+    manifest = manifest[manifest["pid"] < manifest["pid"].min() + 15].reset_index(drop=True)
+    poses = extract_poses(manifest, root, blazepose, out=tmp_path_factory.mktemp("val") / "poses.parquet")
+    return keypoints_array(poses[usable_poses(poses, min_score=0.5, min_keypoints=8)])
+
+
+def test_shipped_prior_rarely_flags_real_blazepose_poses(prior, cuhk03_val_poses):
+    # the Market-only prior flagged 28.5 % of all usable CUHK03 val poses (benchmarks/results/pose_prior.md)
+    real = cuhk03_val_poses
+    assert len(real) >= 100
+    assert np.mean(~prior.is_plausible(real)) < 0.05
+    res = evaluate_auc(prior, real, seed=1)
+    assert res["overall"]["auc"] > 0.9, res

@@ -149,7 +149,10 @@ def test_model_from_recipe_and_bad_config():
     m = ReposeUNet.from_config_recipe(r.model, min_score=0.4)
     assert m.resolution == tuple(r.model.resolution)
     assert m.config.min_score == 0.4 and m.config.pose_sigma == r.model.pose_sigma
-    assert m.unet.config.in_channels == 3 + 3 + 36 + 36
+    assert m.unet.config.in_channels == 3 + 3 + 36 + 36 + 4  # tiny is the full model: + warped source, weight
+    concat = r.model.model_copy(update={"conditioning": r.model.conditioning.model_copy(
+        update={"texture_attention": False, "pose_aligned": False, "focal_tokens": False})})
+    assert ReposeUNet.from_config_recipe(concat).unet.config.in_channels == 3 + 3 + 36 + 36
     with pytest.raises(ValueError, match="divisible"):
         ReposeUNet(resolution=(30, 16), block_out_channels=(8, 16, 16), attention_levels=(False,) * 3, norm_num_groups=4)
 
@@ -291,12 +294,13 @@ def test_make_pairs_and_dataset(tmp_path):
     ds = PairDataset(tmp_path, pairs, poses, cfg, flip_prob=0.5, seed=0)
     item = ds[0]
     h, w = cfg.resolution
-    assert set(item) == {"source", "target", "source_pose", "target_pose"}
+    assert set(item) == {"source", "target", "source_pose", "target_pose", "source_keypoints", "target_keypoints"}
+    assert item["source_keypoints"].shape == (17, 3) and item["target_keypoints"].dtype == torch.float32
     assert item["source"].shape == (3, h, w) and item["target"].shape == (3, h, w)
     assert item["source_pose"].shape == (36, h, w) and item["target_pose"].dtype == torch.float32
     assert item["source"].min() >= -1 and item["source"].max() <= 1
     # flips are deterministic per (seed, epoch, idx), and a flip mirrors image and pose together
-    for k in ("source", "target", "source_pose", "target_pose"):
+    for k in ("source", "target", "source_pose", "target_pose", "source_keypoints", "target_keypoints"):
         assert torch.equal(ds.get(3, epoch=2)[k], ds.get(3, epoch=2)[k])
     plain = ds.get(0, augment=False)
     never = PairDataset(tmp_path, pairs, poses, cfg, flip_prob=0.0)
@@ -307,13 +311,18 @@ def test_make_pairs_and_dataset(tmp_path):
 
     torch.testing.assert_close(always[0]["source_pose"][:17], plain["source_pose"][list(COCO17_FLIP_INDEX)].flip(-1),
                                atol=1e-5, rtol=0)
+    # the batch's model-frame keypoints are flipped with the image and are what the maps show
+    np.testing.assert_allclose(always[0]["source_keypoints"].numpy(),
+                               flip_keypoints(plain["source_keypoints"].numpy(), w), atol=1e-5)
+    maps = render_pose(always[0]["source_keypoints"].numpy(), (w, h), (h, w), cfg.pose_sigma, cfg.limb_width)
+    np.testing.assert_allclose(maps, always[0]["source_pose"].numpy(), atol=1e-5)
 
 
 class _OracleUNet(ReposeUNet):
     """Predicts exactly (noise, clean image or v) for a target equal to the source image (DDPM
     forward process), per ``self.prediction_type``."""
 
-    def forward(self, sample, timestep, source, source_pose, target_pose):
+    def forward(self, sample, timestep, source, source_pose, target_pose, **kwargs):
         ac = self.alphas_cumprod[torch.as_tensor(timestep).long().cpu()].to(sample.device)
         ac = ac.view(-1, 1, 1, 1) if ac.ndim else ac
         eps = (sample - ac.sqrt() * source) / (1 - ac).sqrt()

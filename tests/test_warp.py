@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import standing_pose
 from posegen.pose.keypoints import scale_keypoints
 from posegen.repose.render import image_to_tensor
 from posegen.repose.warp import identity_grid, keypoints_to_frame, limb_flow, warp
@@ -17,19 +18,6 @@ from posegen.repose.warp import identity_grid, keypoints_to_frame, limb_flow, wa
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 HW = (128, 64)
-
-
-def standing_pose() -> np.ndarray:
-    """A front-facing person in a 128x64 frame, arms slightly out (model-frame pixels)."""
-    pts = {
-        0: (32, 14), 1: (30, 12), 2: (34, 12), 3: (27, 13), 4: (37, 13),
-        5: (24, 26), 6: (40, 26), 7: (20, 40), 8: (44, 40), 9: (18, 54), 10: (46, 54),
-        11: (27, 58), 12: (37, 58), 13: (27, 80), 14: (37, 80), 15: (27, 102), 16: (37, 102),
-    }  # fmt: skip
-    kp = np.zeros((17, 3), np.float32)
-    for k, (x, y) in pts.items():
-        kp[k] = (x, y, 0.9)
-    return kp
 
 
 def to_pixels(grid: torch.Tensor, hw) -> torch.Tensor:

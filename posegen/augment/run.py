@@ -8,9 +8,17 @@
    recipe (:func:`posegen.repose.train`);
 4. :func:`posegen.augment.targets.choose_targets` — K target poses per source image;
 5. :class:`posegen.repose.ReposePipeline` — generation, batched, one seeded noise per image;
-6. :func:`posegen.filter.score_output` — pose fidelity (OKS) and sanity; every rejection has a reason;
+6. :func:`posegen.filter.filter_batch` — sanity, near-copy, pose fidelity (OKS) and identity
+   (re-ID cosine) checks; every rejection has exactly one reason (the first failing check, in the
+   order documented in :mod:`posegen.filter.scores`) and every computed score is stored;
 7. writing OUT: the real images and the kept synthetic images in DIR's layout, plus
-   ``manifest.parquet`` listing every image (real, kept and rejected).
+   ``manifest.parquet`` listing every image (real, kept and rejected), ``report.html`` (a contact
+   sheet) and ``report-scores.png`` (score distributions), see :mod:`posegen.report`.
+
+Target poses are checked *before* generation with the pose-validity prior
+(:func:`posegen.prior.load_pose_prior`, ``recipe.augment.use_prior``): an implausible target is
+replaced by the next candidate of the source's seeded draw, or the row is rejected with reason
+``"implausible target pose"`` without generating (:func:`choose_targets`).
 
 Output conventions
 ------------------
@@ -19,12 +27,25 @@ Output conventions
   size). The ``_pg<kk>`` suffix keeps Market-1501 / CUHK03 names parseable (same pid and camera as
   the source) and marks the file as synthetic. Rejected outputs are kept for inspection under
   ``OUT/.posegen/rejected/`` (hidden, so dataset parsers ignore them).
-- ``OUT/manifest.parquet``: one row per image: ``path`` (relative to OUT), ``pid``, ``camid``,
-  ``split``, ``synthetic``, ``source`` (relative to DIR), ``k``, ``target_pose_source``, ``seed``,
-  ``oks``, ``std``, ``n_keypoints``, ``kept``, ``reason``, ``width``, ``height``.
-- ``OUT/.posegen/``: the run's state: ``run.json`` (settings), ``poses.parquet`` (the pose bank),
-  ``parts/`` (one Parquet per finished batch), ``rejected/``, and ``model-run/`` when a model was
+- ``OUT/manifest.parquet``: one row per image, columns :data:`MANIFEST_COLUMNS`: ``path``
+  (relative to OUT; ``""`` when no image was written), ``pid``, ``camid``, ``split``,
+  ``synthetic``, ``source`` (relative to DIR), ``k`` (1-based target number; 0 for real images and
+  for sources skipped for an unusable pose), ``target_pose_source`` (the bank image whose pose was
+  the target), ``seed`` (noise seed), the filter's scores — ``oks`` (OKS(target, re-estimated),
+  keypoint-box area, 0 when no person found), ``pck`` (PCKh@0.5), ``std`` (pixel std, 0..1),
+  ``n_keypoints`` (re-estimated joints), ``identity_sim`` (re-ID cosine to the source),
+  ``identity_sim_others`` (mean cosine to the pid's other real train images of DIR),
+  ``source_ssim`` (SSIM to the source at the model's resolution), ``source_pose_oks``
+  (OKS(source pose, target pose) at the model's resolution), ``prior_energy`` (the target pose's
+  prior energy) — NaN when not computed (real images, identity checks without re-ID weights),
+  then ``kept``, ``reason``, ``width``, ``height`` (pixels of the written image).
+- ``OUT/.posegen/``: the run's state: ``run.json`` (settings and notes, e.g. skipped identity
+  checks), ``poses.parquet`` (the pose bank), ``parts/`` (one Parquet per finished batch),
+  ``rejected/``, ``report/`` (the report's thumbnails), and ``model-run/`` when a model was
   trained. A run is rebuilt from OUT alone: ``resume=True`` skips finished work.
+- Images are scored exactly as written: an output is resized to the source's size and encoded
+  (JPEG quality 95 for ``.jpg``) in memory, the decoded pixels are scored and the same bytes are
+  written, so :func:`posegen.filter.refilter` on the files reproduces the scores.
 
 DIR is only read. Every file is written atomically. Every random choice derives from ``seed`` and
 the source image's path, so a resumed run makes the choices an uninterrupted one makes.
@@ -32,9 +53,11 @@ the source image's path, so a resumed run makes the choices an uninterrupted one
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -43,24 +66,40 @@ import pandas as pd
 from PIL import Image
 
 from .. import __version__
-from .._io import atomic_save_image, atomic_to_parquet, atomic_write, atomic_write_json
+from .._io import atomic_to_parquet, atomic_write, atomic_write_bytes, atomic_write_json
 from ..data import load_dataset
 from ..data.images import read_image
-from ..filter import score_output
+from ..filter.identity import IdentityReference, load_embedder
+from ..filter.scores import filter_batch
 from ..pose.backends import PoseBackend
 from ..pose.extract import extract_poses, usable_poses
 from ..pose.keypoints import num_confident, scale_keypoints
 from ..recipe import Recipe
 from .targets import choose_targets
 
-__all__ = ["augment", "synthetic_name", "summarize", "OutputDirError", "MANIFEST_COLUMNS"]
+__all__ = [
+    "augment", "synthetic_name", "summarize", "encode_image", "OutputDirError", "MANIFEST_COLUMNS",
+    "SCORE_COLUMNS", "NO_REID_NOTE", "STATE_DIR",
+]  # fmt: skip
 
 STATE_DIR = ".posegen"
 
 MANIFEST_COLUMNS = [
     "path", "pid", "camid", "split", "synthetic", "source", "k", "target_pose_source", "seed",
-    "oks", "std", "n_keypoints", "kept", "reason", "width", "height",
+    "oks", "pck", "std", "n_keypoints", "identity_sim", "identity_sim_others", "source_ssim",
+    "source_pose_oks", "prior_energy", "kept", "reason", "width", "height",
 ]  # fmt: skip
+
+#: Score columns of the manifest (NaN when not computed).
+SCORE_COLUMNS = [
+    "oks", "pck", "std", "identity_sim", "identity_sim_others", "source_ssim", "source_pose_oks", "prior_energy",
+]  # fmt: skip
+
+#: Note recorded in run.json (and printed by the CLI) when the identity checks are skipped.
+NO_REID_NOTE = (
+    "identity checks skipped: no re-ID weights (recipe filter.reid_weights or --reid-weights); "
+    "identity_sim and identity_sim_others are NaN"
+)
 
 Progress = Callable[[str, int, int], None]
 
@@ -124,6 +163,75 @@ def _load_model(model: str | os.PathLike):
     return load_pipeline(model)
 
 
+def _prior_energies(keypoints: np.ndarray, recipe: Recipe) -> tuple[np.ndarray, float | None]:
+    """Prior energy of each pose ``[B, 17, 3]`` (pixels) and the plausibility threshold.
+
+    Returns ``(float64 [B], threshold)``; all NaN and None when ``recipe.augment.use_prior`` is off.
+    """
+    if not recipe.augment.use_prior:
+        return np.full(len(keypoints), np.nan), None
+    from ..prior import load_pose_prior
+
+    prior = load_pose_prior()
+    energy = np.asarray(prior.score(np.asarray(keypoints, dtype=np.float32)), dtype=np.float64) if len(keypoints) else np.zeros(0)
+    t = recipe.augment.prior_threshold
+    return energy, float(prior.config.threshold if t is None else t)
+
+
+@dataclass
+class _Scorer:
+    """Everything needed to score generated images of one run (shared by augment and refilter).
+
+    ``sources_root`` holds the real source images (DIR, or OUT's copies); ``pose_of`` is the pose
+    bank indexed by path; ``frame_hw`` the model's ``(height, width)``.
+    """
+
+    recipe: Recipe
+    backend: PoseBackend
+    pose_of: pd.DataFrame
+    sources_root: Path
+    frame_hw: tuple[int, int]
+    embedder: object = None
+    reference: IdentityReference | None = None
+
+    def score(
+        self, images: list[np.ndarray], sources: list[str], targets: list[str], pids: list[int], energies,
+        target_keypoints: np.ndarray | None = None,
+    ) -> pd.DataFrame:
+        """:func:`filter_batch` of images written for ``sources[i]`` re-posed to ``targets[i]``'s pose.
+
+        ``images[i]`` is ``uint8 [H, W, 3]`` at the source's size, or a non-finite float array.
+        ``target_keypoints`` (``float32 [N, 17, 3]``, pixels of each target's own image) replaces
+        the pose bank's target poses: the poses the sampler actually used when prior guidance
+        moved them (see :class:`~posegen.repose.ReposePipeline`).
+        """
+        src_imgs, src_kp, tgt_kp, src_emb, others = [], [], [], [], []
+        for i, (img, src, tgt, pid) in enumerate(zip(images, sources, targets, pids)):
+            src_img = read_image(self.sources_root / src)
+            src_imgs.append(src_img)
+            src_kp.append(self.pose_of.loc[src, "keypoints"])
+            h, w = np.asarray(img).shape[:2]
+            tsize = (int(self.pose_of.loc[tgt, "width"]), int(self.pose_of.loc[tgt, "height"]))
+            kp = self.pose_of.loc[tgt, "keypoints"] if target_keypoints is None else target_keypoints[i]
+            tgt_kp.append(scale_keypoints(kp, tsize, (w, h)))
+            if self.reference is not None:
+                e = self.reference.embedding(src)
+                src_emb.append(np.full(self.reference.dim, np.nan, np.float32) if e is None else e)
+                others.append(self.reference.others(src, pid))
+        return filter_batch(
+            images, src_imgs, np.stack(src_kp), np.stack(tgt_kp), self.recipe.filter, self.backend,
+            embedder=self.embedder, source_embeddings=np.stack(src_emb) if src_emb else None,
+            others_embeddings=others if self.reference is not None else None,
+            min_score=self.recipe.pose.min_score, frame_hw=self.frame_hw, prior_energy=energies,
+        )  # fmt: skip
+
+
+def _identity_reference(embedder, dataset: pd.DataFrame, root: Path, sources: pd.DataFrame):
+    if embedder is None:
+        return None
+    return IdentityReference(embedder, dataset, root, pids=set(sources["pid"]), extra_paths=sources["path"])
+
+
 def augment(
     root: str | os.PathLike,
     out: str | os.PathLike,
@@ -139,6 +247,8 @@ def augment(
     num_inference_steps: int | None = None,
     scheduler: str | None = None,
     train_steps: int | None = None,
+    reid_weights: str | os.PathLike | None = None,
+    report_rows: int = 200,
     resume: bool = False,
     overwrite: bool = False,
     progress: Progress | None = None,
@@ -148,8 +258,8 @@ def augment(
     Args:
         root: the dataset folder DIR (any layout :func:`posegen.data.load_dataset` reads).
         out: the output folder OUT (created; must not overlap DIR).
-        recipe: validated recipe (sampler, pose thresholds, filter thresholds, K, and the training
-            recipe used when no model is given).
+        recipe: validated recipe (sampler, pose thresholds, filter thresholds, K, the pose prior,
+            and the training recipe used when no model is given).
         backend: pose backend for the pose bank and for re-estimating poses on outputs.
         model: a trained model (a ``posegen train`` run folder or its ``model/`` pipeline folder);
             None trains one on DIR with ``recipe`` first, under ``OUT/.posegen/model-run``.
@@ -157,14 +267,19 @@ def augment(
         seed: run seed; all choices and noises derive from it and the source paths.
         k: target poses per source (default ``recipe.augment.k``).
         limit: use only the first ``limit`` images (sorted by path) of the chosen splits — a trial
-            run on a subset; poses, targets and the copied real images are restricted to them.
+            run on a subset; poses, targets and the copied real images are restricted to them (the
+            identity check against the pid's other images still uses all of DIR's train split).
         splits: splits whose images are re-posed (query/gallery images are copied, never re-posed).
         num_inference_steps, scheduler: sampler overrides (default ``recipe.sample``).
         train_steps: overrides ``recipe.train.steps`` when a model is trained here.
+        reid_weights: re-ID embedder ONNX file for the identity checks (overrides
+            ``recipe.filter.reid_weights``); when neither is given the checks are skipped, their
+            scores are NaN and ``run.json`` says so in ``notes``. Never downloaded.
+        report_rows: most rows of ``report.html`` (kept and rejected both represented).
         resume: continue an interrupted run in OUT (settings must match).
         overwrite: replace a previous posegen output in OUT.
-        progress: ``progress(stage, done, total)`` with stage ``"poses"``, ``"train"``, ``"copy"`` or
-            ``"generate"``.
+        progress: ``progress(stage, done, total)`` with stage ``"poses"``, ``"train"``, ``"copy"``,
+            ``"identity"`` or ``"generate"``.
 
     Returns:
         The output manifest (also written to ``OUT/manifest.parquet``), columns
@@ -174,7 +289,7 @@ def augment(
         OutputDirError: OUT is not empty (without resume/overwrite), overlaps DIR, or a resumed
             run's settings differ.
         posegen.data.LayoutError: DIR's layout is unknown or it has no images.
-        FileNotFoundError: ``model`` does not exist.
+        FileNotFoundError: ``model`` or ``reid_weights`` does not exist.
     """
     root, out = Path(root).resolve(), Path(out).resolve()
     _check_dirs(root, out)
@@ -182,19 +297,24 @@ def augment(
     k = k or recipe.augment.k
     steps = num_inference_steps or recipe.sample.steps
     sched = scheduler or recipe.sample.scheduler
+    reid = reid_weights if reid_weights is not None else recipe.filter.reid_weights
+    reid = str(Path(reid).expanduser().resolve()) if reid is not None else None
     settings = dict(
         root=str(root), layout=layout, model=str(Path(model).resolve()) if model else None,
         recipe=recipe.model_dump(mode="json"), backend=backend.name, seed=seed, k=k, limit=limit,
         splits=list(splits), steps=steps, scheduler=sched, train_steps=train_steps, version=__version__,
+        reid_weights=reid, notes=[] if reid else [NO_REID_NOTE],
     )  # fmt: skip
     # Check the inputs before touching OUT.
-    manifest = load_dataset(root, layout)
+    dataset = load_dataset(root, layout)
     if model is not None and not Path(model).exists():
         raise FileNotFoundError(f"model not found: {model}")
+    embedder = load_embedder(reid)
     _prepare_out(out, settings, resume, overwrite)
     state = out / STATE_DIR
 
-    manifest = manifest[~manifest["synthetic"]].reset_index(drop=True)
+    dataset = dataset[~dataset["synthetic"]].reset_index(drop=True)
+    manifest = dataset
     if limit is not None:
         chosen = manifest[manifest["split"].isin(splits)].head(limit)
         manifest = manifest[manifest["path"].isin(chosen["path"])].reset_index(drop=True)
@@ -228,12 +348,24 @@ def augment(
         _copy_file(root / rel, out / rel)
         progress("copy", i, len(manifest))
 
-    # 4. targets
+    # 4. targets: the pose bank, minus the poses the prior finds implausible
     meta = manifest.set_index("path")
     is_source = manifest["split"].isin(splits)
     sources = manifest[is_source & manifest["path"].isin(usable_paths)]
-    bank = manifest[manifest["path"].isin(usable_paths)]
-    tasks = choose_targets(sources, bank, k=k, seed=seed, other_pids=recipe.augment.target_from_other_pids)
+    bank = manifest[manifest["path"].isin(usable_paths)].copy()
+    energy, max_energy = _prior_energies(np.stack(pose_of.loc[bank["path"], "keypoints"].to_list()) if len(bank) else np.zeros((0, 17, 3)), recipe)
+    bank["prior_energy"] = energy
+    tasks = choose_targets(
+        sources, bank, k=k, seed=seed, other_pids=recipe.augment.target_from_other_pids, max_energy=max_energy
+    )
+
+    # identity references: every source, and the source pids' real train images of DIR
+    progress("identity", 0, 1)
+    scorer = _Scorer(
+        recipe, backend, pose_of, root, tuple(pipe.resolution), embedder,
+        _identity_reference(embedder, dataset, root, sources),
+    )  # fmt: skip
+    progress("identity", 1, 1)
 
     # 5-7. generate, filter, write — batch by batch, each batch's rows saved as one part file
     parts_dir = state / "parts"
@@ -245,9 +377,10 @@ def augment(
     n_parts, total = len(part_files), len(tasks)
     progress("generate", total - len(todo), total)
     bs = recipe.sample.batch_size
+    guidance = _guidance(recipe) if len(todo) else {}
     for start in range(0, len(todo), bs):
         batch = todo.iloc[start : start + bs]
-        rows = _generate_batch(batch, pipe, root, out, pose_of, meta, backend, recipe, steps)
+        rows = _generate_batch(batch, pipe, root, out, pose_of, meta, scorer, steps, guidance)
         atomic_to_parquet(pd.DataFrame(rows, columns=MANIFEST_COLUMNS), parts_dir / f"part-{n_parts:06d}.parquet")
         n_parts += 1
         progress("generate", total - len(todo) + start + len(batch), total)
@@ -255,15 +388,7 @@ def augment(
     # 8. the output manifest: real images, synthetic images (kept and rejected), unusable sources
     part_files = sorted(parts_dir.glob("part-*.parquet"))
     synthetic = pd.concat([pd.read_parquet(p) for p in part_files], ignore_index=True) if part_files else None
-    real = pd.DataFrame(
-        {
-            "path": manifest["path"], "pid": manifest["pid"], "camid": manifest["camid"],
-            "split": manifest["split"], "synthetic": False, "source": manifest["path"], "k": 0,
-            "target_pose_source": "", "seed": -1, "oks": np.nan, "std": np.nan, "n_keypoints": -1,
-            "kept": True, "reason": "", "width": pose_of.loc[manifest["path"], "width"].to_numpy(),
-            "height": pose_of.loc[manifest["path"], "height"].to_numpy(),
-        }
-    )  # fmt: skip
+    real = _real_rows(manifest, pose_of)
     skipped = manifest[is_source & ~manifest["path"].isin(usable_paths)]
     skipped_rows = [
         _row(src, meta, k=0, path="", kept=False, reason=_unusable_reason(pose_of.loc[src], recipe))
@@ -274,7 +399,26 @@ def augment(
         frames.insert(1, synthetic)
     result = pd.concat([f for f in frames if len(f)], ignore_index=True)[MANIFEST_COLUMNS]
     atomic_to_parquet(result, out / "manifest.parquet")
+
+    # 9. the visual report
+    from ..report import write_report
+
+    write_report(out, result, recipe, prior_threshold=max_energy, rows=report_rows, seed=seed, notes=settings["notes"])
     return result
+
+
+def _real_rows(manifest: pd.DataFrame, pose_of: pd.DataFrame) -> pd.DataFrame:
+    n = len(manifest)
+    nan = np.full(n, np.nan)
+    return pd.DataFrame(
+        {
+            "path": manifest["path"], "pid": manifest["pid"], "camid": manifest["camid"],
+            "split": manifest["split"], "synthetic": False, "source": manifest["path"], "k": 0,
+            "target_pose_source": "", "seed": -1, **{c: nan for c in SCORE_COLUMNS}, "n_keypoints": -1,
+            "kept": True, "reason": "", "width": pose_of.loc[manifest["path"], "width"].to_numpy(),
+            "height": pose_of.loc[manifest["path"], "height"].to_numpy(),
+        }
+    )[MANIFEST_COLUMNS]  # fmt: skip
 
 
 def _unusable_reason(pose_row: pd.Series, recipe: Recipe) -> str:
@@ -288,61 +432,113 @@ def _row(source: str, meta: pd.DataFrame, **fields) -> dict:
     m = meta.loc[source]
     row = dict(
         path="", pid=int(m["pid"]), camid=int(m["camid"]), split=str(m["split"]), synthetic=True,
-        source=source, k=0, target_pose_source="", seed=-1, oks=np.nan, std=np.nan, n_keypoints=-1,
-        kept=False, reason="", width=-1, height=-1,
+        source=source, k=0, target_pose_source="", seed=-1, **{c: np.nan for c in SCORE_COLUMNS},
+        n_keypoints=-1, kept=False, reason="", width=-1, height=-1,
     )  # fmt: skip
     row.update(fields)
     return row
 
 
-def _generate_batch(batch, pipe, root, out, pose_of, meta, backend, recipe, steps) -> list[dict]:
+def encode_image(image: Image.Image, suffix: str) -> bytes:
+    """Encode an image as posegen writes it (format from ``suffix``; JPEG quality 95).
+
+    Args:
+        image: a PIL RGB image.
+        suffix: the file extension (``".jpg"``, ``".png"``, ...), case-insensitive.
+
+    Returns:
+        The encoded bytes (deterministic for a given image).
+    """
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".webp": "WEBP"}.get(suffix.lower(), "PNG")
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+def _decode(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _generate_batch(batch, pipe, root, out, pose_of, meta, scorer: _Scorer, steps, guidance: dict) -> list[dict]:
     import torch
 
-    images, src_kp, tgt_kp, tgt_sizes, gens = [], [], [], [], []
-    cache: dict[str, np.ndarray] = {}
-    for src, tgt, s in zip(batch["source"], batch["target"], batch["seed"]):
-        if src not in cache:
-            cache[src] = read_image(root / src)
-        images.append(cache[src])
-        src_kp.append(pose_of.loc[src, "keypoints"])
-        tgt_kp.append(pose_of.loc[tgt, "keypoints"])
-        tgt_sizes.append((int(pose_of.loc[tgt, "width"]), int(pose_of.loc[tgt, "height"])))
-        gens.append(torch.Generator().manual_seed(int(s)))
-    with torch.no_grad():
+    rows: dict[int, dict] = {}
+    # rows rejected before generation (implausible target pose): no image
+    gen = []
+    for j, (src, kk, tgt, s, e, reason) in enumerate(
+        zip(batch["source"], batch["k"], batch["target"], batch["seed"], batch["prior_energy"], batch["reason"])
+    ):
+        if reason:
+            rows[j] = _row(src, meta, k=int(kk), target_pose_source=tgt, seed=int(s), prior_energy=float(e), reason=reason)
+        else:
+            gen.append(j)
+    if gen:
+        images, src_kp, tgt_kp, tgt_sizes, gens = [], [], [], [], []
+        cache: dict[str, np.ndarray] = {}
+        for j in gen:
+            src, tgt, s = batch["source"].iloc[j], batch["target"].iloc[j], batch["seed"].iloc[j]
+            if src not in cache:
+                cache[src] = read_image(root / src)
+            images.append(cache[src])
+            src_kp.append(pose_of.loc[src, "keypoints"])
+            tgt_kp.append(pose_of.loc[tgt, "keypoints"])
+            tgt_sizes.append((int(pose_of.loc[tgt, "width"]), int(pose_of.loc[tgt, "height"])))
+            gens.append(torch.Generator().manual_seed(int(s)))
+        prior_guided = guidance.get("prior_guidance_scale", 0.0) > 0
         result = pipe(
             source_images=images, source_keypoints=np.stack(src_kp), target_keypoints=np.stack(tgt_kp),
             target_sizes=tgt_sizes, num_inference_steps=steps, generator=gens, output_type="pt",
+            return_keypoints=prior_guided, **guidance,
         )  # fmt: skip
-    result = result.images if hasattr(result, "images") else result
-    outputs = ((result.float().cpu() + 1.0) / 2.0).permute(0, 2, 3, 1).numpy()  # [B, h, w, 3] in [0, 1]
-    rows = []
-    for i, (src, kk, tgt, s) in enumerate(zip(batch["source"], batch["k"], batch["target"], batch["seed"])):
-        h, w = images[i].shape[:2]
-        raw = outputs[i]
-        if np.isfinite(raw).all():
-            u8 = np.clip(np.round(raw * 255.0), 0, 255).astype(np.uint8)
-            img = Image.fromarray(u8).resize((w, h), Image.BICUBIC)  # back to the source's size
-            scored_input = np.asarray(img)
-        else:
-            img, scored_input = None, raw
-        target = scale_keypoints(tgt_kp[i], tgt_sizes[i], (w, h))
-        sc = score_output(
-            scored_input, target, backend, min_oks=recipe.filter.min_oks,
-            min_std=recipe.filter.min_std, min_score=recipe.pose.min_score,
-        )  # fmt: skip
-        name = synthetic_name(src, int(kk))
-        rel = name if sc.kept else f"{STATE_DIR}/rejected/{name}"
-        if img is not None:
-            atomic_save_image(img, out / rel)
-        else:
-            rel = ""
-        rows.append(
-            _row(
-                src, meta, path=rel, k=int(kk), target_pose_source=tgt, seed=int(s), oks=sc.oks,
-                std=sc.std, n_keypoints=sc.n_keypoints, kept=sc.kept, reason=sc.reason, width=w, height=h,
-            )  # fmt: skip
+        # with prior guidance the sampler moves the target joints: score against the pose it used
+        result, used_kp = result if prior_guided else (result, None)
+        outputs = ((result.float().cpu() + 1.0) / 2.0).permute(0, 2, 3, 1).numpy()  # [B, h, w, 3] in [0, 1]
+        scored, data = [], []
+        for i, j in enumerate(gen):
+            h, w = images[i].shape[:2]
+            raw = outputs[i]
+            if np.isfinite(raw).all():
+                u8 = np.clip(np.round(raw * 255.0), 0, 255).astype(np.uint8)
+                img = Image.fromarray(u8).resize((w, h), Image.BICUBIC)  # back to the source's size
+                b = encode_image(img, Path(batch["source"].iloc[j]).suffix)
+                scored.append(_decode(b))  # scored exactly as written (see the module docstring)
+                data.append(b)
+            else:
+                scored.append(raw)
+                data.append(None)
+        sub = batch.iloc[gen]
+        sc = scorer.score(
+            scored, list(sub["source"]), list(sub["target"]), [int(meta.loc[s, "pid"]) for s in sub["source"]],
+            sub["prior_energy"].to_numpy(dtype=np.float64), target_keypoints=used_kp,
         )
-    return rows
+        for i, j in enumerate(gen):
+            src, kk, tgt, s = sub["source"].iloc[i], sub["k"].iloc[i], sub["target"].iloc[i], sub["seed"].iloc[i]
+            r = sc.iloc[i]
+            h, w = images[i].shape[:2]
+            name = synthetic_name(src, int(kk))
+            rel = name if r["kept"] else f"{STATE_DIR}/rejected/{name}"
+            if data[i] is not None:
+                atomic_write_bytes(out / rel, data[i])
+            else:
+                rel = ""
+            rows[j] = _row(
+                src, meta, path=rel, k=int(kk), target_pose_source=tgt, seed=int(s),
+                **{c: float(r[c]) for c in SCORE_COLUMNS}, n_keypoints=int(r["n_keypoints"]),
+                kept=bool(r["kept"]), reason=str(r["reason"]), width=w, height=h,
+            )  # fmt: skip
+    return [rows[j] for j in range(len(batch))]
+
+
+def _guidance(recipe: Recipe) -> dict:
+    """The sampler's guidance settings from ``recipe.sample`` (prior guidance uses the shipped prior)."""
+    s = recipe.sample
+    g = {"pose_guidance_scale": s.pose_guidance, "appearance_guidance_scale": s.appearance_guidance}
+    if s.prior_guidance > 0:
+        from ..prior import load_pose_prior
+
+        g.update(pose_prior=load_pose_prior(), prior_guidance_scale=s.prior_guidance)
+    return g
 
 
 def summarize(manifest: pd.DataFrame) -> dict:
@@ -350,19 +546,25 @@ def summarize(manifest: pd.DataFrame) -> dict:
 
     Returns:
         ``{"real": n, "generated": n, "kept": n, "rejected": n, "rejected_by_reason": {reason: n},
-        "mean_oks_kept": float}`` (``generated`` excludes sources skipped for an unusable pose, which
-        count as rejected with their reason).
+        "mean_oks_kept": float, "mean_identity_kept": float}`` (``generated`` counts rows with a
+        target, ``k > 0``, including those rejected before generation; sources skipped for an
+        unusable pose count as rejected with their reason; means are NaN when undefined).
     """
     syn = manifest[manifest["synthetic"]]
     gen = syn[syn["k"] > 0]
     rejected = syn[~syn["kept"]]
     kept = syn[syn["kept"]]
+
+    def mean(col):
+        v = kept[col].dropna() if col in kept else []
+        return float(v.mean()) if len(v) else float("nan")
+
     return {
         "real": int((~manifest["synthetic"]).sum()),
         "generated": int(len(gen)),
         "kept": int(len(kept)),
         "rejected": int(len(rejected)),
         "rejected_by_reason": {str(r): int(n) for r, n in rejected["reason"].value_counts().items()},
-        "mean_oks_kept": float(kept["oks"].mean()) if len(kept) else float("nan"),
+        "mean_oks_kept": mean("oks"),
+        "mean_identity_kept": mean("identity_sim"),
     }
-

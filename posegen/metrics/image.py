@@ -29,7 +29,7 @@ def _pair(a, b) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError("no images given")
 
     def to_t(x):
-        return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).to(torch.float32) / 255.0
+        return torch.from_numpy(np.array(x, copy=True)).permute(0, 3, 1, 2).to(torch.float32) / 255.0
 
     return to_t(a), to_t(b)
 

@@ -77,8 +77,10 @@ class PoseValidityPrior(ModelMixin, ConfigMixin):
         min_score: score from which a joint counts as present.
         min_joints: fewest present joints for which the energy is defined; below it, NaN.
         threshold: calibrated energy threshold (``is_plausible = energy <= threshold``); NaN until
-            calibrated. The shipped weights use the 99th percentile of the energy of held-out real
-            Market-1501 training-set poses (see ``posegen/prior/train.py``).
+            calibrated. The shipped weights are trained on Market-1501 annotations and BlazePose
+            poses of CUHK03 train, and use the larger of the two per-source 99th percentiles of the
+            energy on held-out calibration poses of each (see ``posegen/prior/train.py``), so real
+            poses of either annotation style are rarely flagged.
         training: a free-form dict describing how the weights were made (seed, steps, data).
     """
 

@@ -1,17 +1,22 @@
 """Training, calibration and evaluation of the pose-validity prior (:mod:`posegen.prior.model`).
 
-The shipped weights come from ``benchmarks/pose_prior.py --train``, which calls :func:`main`:
+The shipped weights come from ``benchmarks/pose_prior.py --train`` (its ``main``):
 
-1. the pose bank: Market-1501 keypoint annotations (Pose-Transfer CSVs, OpenPose-18 in 128 x 64
-   crops, read with :func:`posegen.pose.formats.read_poses`); ``market-annotation-train.csv`` is
-   split by a seeded permutation into training poses (90 %) and calibration poses (10 %);
-   ``market-annotation-test.csv`` is held out for the evaluation only;
+1. the pose bank, from two annotation styles: Market-1501 keypoint annotations (Pose-Transfer CSVs,
+   OpenPose-18 in 128 x 64 crops, read with :func:`load_pose_bank`), ``market-annotation-train.csv``
+   split by a seeded permutation into training poses (90 %) and calibration poses (10 %); and
+   BlazePose-full poses (posegen's default backend) extracted from the CUHK03 detected *train*
+   images, only those passing :func:`posegen.pose.extract.usable_poses` at the recipes'
+   thresholds, split by identity (90 % / 10 %). ``market-annotation-test.csv`` and the BlazePose
+   poses of CUHK03 *val* are held out for the evaluation only;
 2. :func:`train_pose_prior` fits the denoising autoencoder with *generic* corruption only:
    isotropic Gaussian noise on every present joint (sigma log-uniform in ``noise``, in units of the
-   pose's RMS radius), random joint dropout and horizontal flips (with left/right relabelling).
+   pose's RMS radius), random joint dropout and horizontal flips (with left/right relabelling);
+   ``sample_weights`` balance the two sources (half of each batch from each).
    None of the evaluation perturbations (:mod:`posegen.prior.perturb`) is used in training;
-3. :func:`calibrate_threshold` sets ``config.threshold`` to the ``quantile`` of the energy on the
-   calibration poses;
+3. :func:`calibrate_threshold` sets ``config.threshold`` to the largest per-source ``quantile`` of
+   the energy on the calibration poses (``groups``), so neither style has more than
+   ``1 - quantile`` of its real calibration poses flagged;
 4. :func:`evaluate_auc` measures the area under the ROC curve (torchmetrics ``binary_auroc``) of the
    energy at separating held-out real poses from perturbed copies of them, per kind and overall.
 """
@@ -89,6 +94,7 @@ def train_pose_prior(
     min_joints: int = 8,
     noise: tuple[float, float] = (0.005, 0.15),
     max_dropout: float = 0.3,
+    sample_weights: np.ndarray | None = None,
     log_every: int = 0,
 ) -> PoseValidityPrior:
     """Fit a :class:`~posegen.prior.model.PoseValidityPrior` on real poses (CPU, one process).
@@ -111,19 +117,34 @@ def train_pose_prior(
         min_score, min_joints: stored in the config (see the model).
         noise: ``(low, high)`` sigma range.
         max_dropout: highest per-pose joint dropout probability.
+        sample_weights: optional ``float [N]`` >= 0, the relative probability of drawing each pose
+            of ``train_kp`` (with replacement) into a batch, e.g. to balance poses from two sources
+            (annotation styles) of different sizes; None draws uniformly.
         log_every: print the loss every this many steps (0: never).
 
     Returns:
         The trained prior in eval mode; ``config.threshold`` is NaN until :func:`calibrate_threshold`.
 
     Raises:
-        ValueError: fewer than ``batch_size`` usable poses, or bad arguments.
+        ValueError: fewer than ``batch_size`` usable poses, or bad arguments (e.g. ``sample_weights``
+            of the wrong length, negative, or zero on every usable pose).
     """
     kp = np.asarray(train_kp, dtype=np.float32)
     if kp.ndim != 3 or kp.shape[1:] != (17, 3):
         raise ValueError(f"train_kp must be [N, 17, 3], got {kp.shape}")
     keep = (kp[..., 2] >= min_score).sum(1) >= min_joints
     kp = kp[keep]
+    probs = None
+    if sample_weights is not None:
+        w = np.asarray(sample_weights, dtype=np.float64)
+        if w.shape != (len(keep),):
+            raise ValueError(f"sample_weights must be [N] = [{len(keep)}], got {w.shape}")
+        if not np.all(np.isfinite(w)) or (w < 0).any():
+            raise ValueError("sample_weights must be finite and >= 0")
+        w = w[keep]
+        if w.sum() <= 0:
+            raise ValueError("sample_weights are zero on every usable pose")
+        probs = torch.from_numpy(w / w.sum())
     if len(kp) < batch_size:
         raise ValueError(f"need at least {batch_size} poses with >= {min_joints} joints, got {len(kp)}")
     if steps < 1:
@@ -144,6 +165,7 @@ def train_pose_prior(
             "noise": list(noise),
             "max_dropout": max_dropout,
             "n_train_poses": int(len(kp)),
+            "weighted_sampling": probs is not None,
         },
     )
     z_all, m_all, _ = normalise_pose(torch.from_numpy(kp), min_score)
@@ -153,7 +175,10 @@ def train_pose_prior(
     log_lo, log_hi = np.log(noise[0]), np.log(noise[1])
     model.train()
     for step in range(steps):
-        idx = torch.randint(len(kp), (batch_size,), generator=gen)
+        if probs is None:
+            idx = torch.randint(len(kp), (batch_size,), generator=gen)
+        else:
+            idx = torch.multinomial(probs, batch_size, replacement=True, generator=gen)
         z, m = z_all[idx].clone(), m_all[idx].clone()
         f = torch.rand(batch_size, generator=gen) < 0.5
         z[f] = z[f][:, flip] * torch.tensor([-1.0, 1.0])
@@ -185,24 +210,40 @@ def train_pose_prior(
     return model
 
 
-def calibrate_threshold(model: PoseValidityPrior, real_kp: np.ndarray, quantile: float = 0.99) -> float:
+def calibrate_threshold(
+    model: PoseValidityPrior, real_kp: np.ndarray, quantile: float = 0.99, *, groups: np.ndarray | None = None
+) -> float:
     """Set ``model.config.threshold`` to the ``quantile`` of the energy on real poses.
 
     Args:
         real_kp: ``float [N, 17, 3]`` real poses not used for training (NaN energies ignored).
         quantile: in ``(0, 1]``; 0.99 lets 1 % of real poses be called implausible.
+        groups: optional ``[N]`` labels (e.g. the pose source: hand annotations vs a pose
+            estimator); the threshold is then the *largest* per-group quantile, so that at most
+            ``1 - quantile`` of the calibration poses of *each* group are called implausible
+            (a pooled quantile would let the larger or tighter group set it).
 
     Returns:
         The threshold.
 
     Raises:
-        ValueError: no pose with a defined energy.
+        ValueError: no pose (of some group) has a defined energy, or ``groups`` has the wrong length.
     """
     e = model.score(real_kp)
-    e = e[~np.isnan(e)]
-    if not len(e):
+    if groups is None:
+        groups = np.zeros(len(e), dtype=np.int64)
+    groups = np.asarray(groups)
+    if groups.shape != e.shape:
+        raise ValueError(f"groups must be [N] = [{len(e)}], got {groups.shape}")
+    per_group = []
+    for g in np.unique(groups):
+        eg = e[(groups == g) & ~np.isnan(e)]
+        if not len(eg):
+            raise ValueError(f"no calibration pose (group {g!r}) has a defined energy")
+        per_group.append(float(np.quantile(eg, quantile)))
+    if not per_group:
         raise ValueError("no calibration pose has a defined energy")
-    thr = float(np.quantile(e, quantile))
+    thr = max(per_group)
     model.register_to_config(threshold=thr)
     return thr
 

@@ -1,9 +1,12 @@
 """Pose-guided re-posing diffusion model: rendering, network, samplers, pipeline, pairs, training.
 
-First version: concatenation conditioning (noisy target + source image + source/target pose maps
-into one UNet), trained with DDPM (Ho et al. 2020) on same-identity (source, target) pairs, sampled
-with DDIM (Song et al. 2021), DPM-Solver++ (Lu et al. 2022) and friends; the idea of a diffusion
-model conditioned on a source image and a target pose follows PIDM (Bhunia et al. 2023).
+The denoiser (:class:`ReposeUNet`) sees the noisy target, the source image and the source/target
+pose maps concatenated, plus, per the recipe's ``model.conditioning``: texture-encoder tokens with
+cross-attention (PIDM, Bhunia et al. 2023), pose-aligned texture features from a keypoint flow with
+learned coarse-to-fine refinement (RePoseDM) and face / upper / lower body focal tokens (MCLD).
+Trained with DDPM (Ho et al. 2020) on same-identity (source, target) pairs with condition dropout
+and EMA; sampled with DDIM (Song et al. 2021), DPM-Solver++ (Lu et al. 2022) and friends, with
+disentangled classifier-free guidance and optional pose-prior gradient guidance.
 """
 
 from .model import ReposeUNet
@@ -11,7 +14,7 @@ from .pairs import PairDataset, make_pairs
 from .pipeline import ReposePipeline, load_pipeline
 from .render import POSE_CHANNELS, pose_to_rgb, render_pose, render_poses
 from .schedulers import SCHEDULERS, make_scheduler
-from .train import TrainingError, denoising_loss, train
+from .train import TrainingError, condition_dropout, denoising_loss, train
 
 __all__ = [
     "ReposeUNet",
@@ -28,4 +31,5 @@ __all__ = [
     "train",
     "TrainingError",
     "denoising_loss",
+    "condition_dropout",
 ]

@@ -36,6 +36,7 @@ import torch
 from torchvision.ops import roi_align
 
 from posegen.pose.keypoints import NUM_KEYPOINTS
+from .warp import image_sizes_tensor
 
 __all__ = ["REGIONS", "REGION_JOINTS", "focal_boxes", "crop_regions"]
 
@@ -136,16 +137,7 @@ def focal_boxes(
     valid_t = torch.stack(valid, 1)
 
     if sizes is not None:
-        if isinstance(sizes, torch.Tensor):
-            sz = sizes.detach().to(device=dev, dtype=torch.float64)
-        else:
-            sz = torch.as_tensor(np.asarray(sizes, dtype=np.float64), device=dev)
-        if sz.shape == (2,):
-            sz = sz.expand(b, 2)
-        if sz.shape != (b, 2):
-            raise ValueError(f"sizes must be (width, height) or [B, 2] with B={b}, got shape {tuple(sz.shape)}")
-        if b and not bool((sz > 0).all()):
-            raise ValueError(f"image sizes must be positive (width, height), got {sz.tolist()}")
+        sz = image_sizes_tensor(sizes, b, dev)
         lo = torch.full_like(boxes_t[..., 0], -0.5)
         wmax = (sz[:, 0, None] - 0.5).expand_as(lo)
         hmax = (sz[:, 1, None] - 0.5).expand_as(lo)

@@ -111,7 +111,10 @@ class PairDataset(Dataset):
 
     Items (``dataset[idx]`` or ``dataset.get(idx, epoch)``) are dicts of tensors:
         ``source``, ``target``: ``float32 [3, h, w]`` in ``[-1, 1]``;
-        ``source_pose``, ``target_pose``: ``float32 [36, h, w]`` in ``[0, 1]``.
+        ``source_pose``, ``target_pose``: ``float32 [36, h, w]`` in ``[0, 1]``;
+        ``source_keypoints``, ``target_keypoints``: ``float32 [17, 3]`` COCO-17 ``(x, y, score)``
+        in pixels of the model frame (``w x h``), flipped with their image (the pose maps are
+        rendered from exactly these), as the pose-aligned and focal conditioning need them.
 
     Raises:
         ValueError: a pair's image has no pose row.
@@ -171,7 +174,7 @@ class PairDataset(Dataset):
         """Epoch used by ``dataset[idx]`` for its flips."""
         self.epoch = int(epoch)
 
-    def _item(self, path: str, flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _item(self, path: str, flip: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         h, w = self.resolution
         img = self._images[path]
         kp = self._kp[path]
@@ -180,7 +183,7 @@ class PairDataset(Dataset):
             kp = flip_keypoints(kp, w)
         pose = render_pose(kp, (w, h), (h, w), self.sigma, self.limb_width, self.min_score)
         t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float() / 127.5 - 1.0
-        return t, torch.from_numpy(pose)
+        return t, torch.from_numpy(pose), torch.from_numpy(np.array(kp, dtype=np.float32, copy=True))
 
     def image(self, path: str) -> np.ndarray:
         """The cached ``uint8 [h, w, 3]`` image of ``path`` at the model resolution (not flipped)."""
@@ -200,9 +203,16 @@ class PairDataset(Dataset):
         fs, ft = rng.random(2) < self.flip_prob
         if not augment:
             fs = ft = False
-        src, src_pose = self._item(self._src[idx], bool(fs))
-        tgt, tgt_pose = self._item(self._tgt[idx], bool(ft))
-        return {"source": src, "target": tgt, "source_pose": src_pose, "target_pose": tgt_pose}
+        src, src_pose, src_kp = self._item(self._src[idx], bool(fs))
+        tgt, tgt_pose, tgt_kp = self._item(self._tgt[idx], bool(ft))
+        return {
+            "source": src,
+            "target": tgt,
+            "source_pose": src_pose,
+            "target_pose": tgt_pose,
+            "source_keypoints": src_kp,
+            "target_keypoints": tgt_kp,
+        }
 
     def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
         return self.get(idx, self.epoch)

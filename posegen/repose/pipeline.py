@@ -1,4 +1,5 @@
-"""Sampling: re-pose source images to target poses with a trained :class:`ReposeUNet`.
+"""Sampling: re-pose source images to target poses with a trained :class:`ReposeUNet`,
+optionally with disentangled classifier-free guidance and prior gradient guidance.
 
 :class:`ReposePipeline` is a diffusers ``DiffusionPipeline`` with two components, ``unet``
 (:class:`~posegen.repose.model.ReposeUNet`) and ``scheduler`` (any sampler of
@@ -118,6 +119,93 @@ class ReposePipeline(DiffusionPipeline):
             dtype=self.unet.dtype,
         )
 
+    def guided_prediction(
+        self,
+        model_in: torch.Tensor,
+        t,
+        cond: dict,
+        pose_guidance_scale: float = 1.0,
+        appearance_guidance_scale: float = 1.0,
+    ) -> torch.Tensor:
+        """The network's prediction with disentangled classifier-free guidance.
+
+        With ``u = pred(no pose, no appearance)``, ``p = pred(pose, no appearance)`` and
+        ``f = pred(pose, appearance)``::
+
+            pred = u + w_pose * (p - u) + w_app * (f - p)
+                 = (1 - w_pose) * u + (w_pose - w_app) * p + w_app * f
+
+        This is the cascaded two-condition form of InstructPix2Pix (Brooks et al. 2023), over
+        unconditional / pose-only / full predictions; PIDM (Bhunia et al. 2023) writes its
+        disentangled guidance as ``u + w_p (pose-only - u) + w_s (style-only - u)`` with a
+        style-only term instead. Guidance is linear, so it applies to whatever the network predicts
+        (``eps``, ``v`` or ``x0``). At ``w_pose = w_app = 1`` it is just ``f``: one forward of ``B``.
+        Otherwise the terms whose coefficient is not 0 are evaluated in ONE batched forward (``3B``
+        in general; ``2B`` when ``w_pose == w_app``, the classic single-scale guidance, or when
+        ``w_pose == 1``).
+
+        Args:
+            model_in: ``[B, 3, h, w]`` scaled noisy sample (``scheduler.scale_model_input``).
+            t: the timestep.
+            cond: keyword inputs of :meth:`ReposeUNet.forward`: ``source``, ``source_pose``,
+                ``target_pose`` (``[B, ...]``), and ``source_keypoints``, ``target_keypoints``,
+                ``flow`` (optional).
+            pose_guidance_scale, appearance_guidance_scale: ``w_pose``, ``w_app``.
+
+        Returns:
+            ``[B, 3, h, w]`` guided prediction.
+        """
+        wp, wa = float(pose_guidance_scale), float(appearance_guidance_scale)
+        if wp == 1.0 and wa == 1.0:
+            return self.unet(model_in, t, **cond)
+        b = model_in.shape[0]
+        # (coefficient, drop_pose, drop_appearance) of u, p, f
+        terms = [(1.0 - wp, True, True), (wp - wa, False, True), (wa, False, False)]
+        terms = [tm for tm in terms if tm[0] != 0.0]
+        n = len(terms)
+        dev = model_in.device
+
+        def rep(v):
+            if v is None:
+                return None
+            if isinstance(v, (tuple, list)):
+                return type(v)(rep(x) for x in v)
+            return torch.cat([v] * n, dim=0)
+
+        big = {k: rep(v) for k, v in cond.items()}
+        drop_pose = torch.cat([torch.full((b,), tm[1], device=dev) for tm in terms])
+        drop_app = torch.cat([torch.full((b,), tm[2], device=dev) for tm in terms])
+        tt = t.expand(b).repeat(n) if torch.is_tensor(t) and t.ndim == 1 else t
+        out = self.unet(rep(model_in), tt, drop_pose=drop_pose, drop_appearance=drop_app, **big)
+        parts = out.chunk(n, dim=0)
+        pred = terms[0][0] * parts[0]
+        for (c, _, _), part in zip(terms[1:], parts[1:]):
+            pred = pred + c * part
+        return pred
+
+    def _prior_step(self, pose_prior, keypoints: torch.Tensor, present: torch.Tensor, step_size: float) -> torch.Tensor:
+        """One gradient step of the target keypoints down ``pose_prior.energy`` (present joints only).
+
+        ``keypoints``: ``float32 [B, 17, 3]`` model-frame pixels. The displacement is
+        ``-step_size * s^2 * grad_xy E`` with ``s`` the person's scale in pixels
+        (:func:`posegen.repose.warp.person_scale`): for an energy normalised by the person's
+        scale, ``E(x) = e(x / s)``, this moves joints by ``step_size * s * grad e``, so
+        ``step_size`` is dimensionless and the same at any resolution.
+        """
+        from .warp import person_scale
+
+        with torch.enable_grad():
+            xy = keypoints[..., :2].detach().clone().requires_grad_(True)
+            energy = pose_prior.energy(torch.cat([xy, keypoints[..., 2:].detach()], dim=-1))
+            (grad,) = torch.autograd.grad(energy.sum(), xy)
+        grad = torch.nan_to_num(grad.detach().float())
+        s = person_scale(keypoints, self.resolution, min_score=float(self.unet.config.min_score))
+        s = s.to(keypoints.device)[:, None, None]
+        move = -float(step_size) * s * s * grad * present[..., None].float()
+        out = keypoints.clone()
+        out[..., :2] = out[..., :2] + move
+        return out
+
     @torch.no_grad()
     def __call__(
         self,
@@ -131,6 +219,11 @@ class ReposePipeline(DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "np",
         eta: float = 0.0,
+        pose_guidance_scale: float = 1.0,
+        appearance_guidance_scale: float = 1.0,
+        pose_prior=None,
+        prior_guidance_scale: float = 0.0,
+        return_keypoints: bool = False,
     ):
         """Re-pose each source image to its target pose.
 
@@ -150,18 +243,42 @@ class ReposePipeline(DiffusionPipeline):
             output_type: ``"np"`` -> ``uint8 [B, h, w, 3]``; ``"pil"`` -> list of ``PIL.Image``;
                 ``"pt"`` -> ``float32 [B, 3, h, w]`` tensor in ``[-1, 1]`` (on the CPU).
             eta: DDIM stochasticity (ignored by other samplers); 0 = deterministic DDIM.
+            pose_guidance_scale, appearance_guidance_scale: disentangled classifier-free guidance
+                (:meth:`guided_prediction`); 1.0 and 1.0 = no guidance (one forward per step).
+                Meaningful for models trained with condition dropout.
+            pose_prior: an object with ``energy(keypoints float32 [B, 17, 3] (x, y, score) pixels)
+                -> float32 [B]``, differentiable in ``(x, y)``, lower = more plausible (e.g.
+                ``posegen.prior.PoseValidityPrior``); used when ``prior_guidance_scale > 0``.
+            prior_guidance_scale: ``eta_prior >= 0``, prior gradient guidance after RePoseDM: before
+                the network is called at timestep ``t``, the target keypoints' ``(x, y)`` (present
+                joints only, model frame) take one step
+                ``-eta_prior * (1 - alpha_bar_t) * s^2 * grad E`` (``s``: the person's scale in
+                pixels, see :meth:`_prior_step`), so the pose moves most while the image is still
+                noise and not at all at the end; the target pose maps and the flow are then
+                re-rendered from the moved keypoints. 0 = off.
+            return_keypoints: also return the target keypoints actually used (after prior
+                guidance), ``float32 [B, 17, 3]`` in pixels of ``target_sizes`` (the input's frame).
 
         Returns:
-            Images at the model's resolution ``(h, w)``, in the format of ``output_type``.
+            Images at the model's resolution ``(h, w)``, in the format of ``output_type``; with
+            ``return_keypoints``, a tuple ``(images, keypoints)``.
 
         Raises:
             ValueError: inconsistent batch sizes or shapes, a generator list of the wrong length,
-                an unknown ``output_type``, or ``num_inference_steps < 1``.
+                an unknown ``output_type``, ``num_inference_steps < 1``, a negative
+                ``prior_guidance_scale`` or one > 0 without a ``pose_prior``.
         """
+        from .warp import keypoints_to_frame
+
         if output_type not in ("np", "pil", "pt"):
             raise ValueError(f"output_type must be 'np', 'pil' or 'pt', got {output_type!r}")
         if int(num_inference_steps) < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        if prior_guidance_scale < 0:
+            raise ValueError(f"prior_guidance_scale must be >= 0, got {prior_guidance_scale}")
+        use_prior = prior_guidance_scale > 0
+        if use_prior and pose_prior is None:
+            raise ValueError("prior_guidance_scale > 0 needs a pose_prior (an object with .energy(keypoints))")
         if isinstance(source_images, np.ndarray) and source_images.ndim == 4:
             source_images = list(source_images)
         images = [np.asarray(im) for im in source_images]
@@ -191,6 +308,19 @@ class ReposePipeline(DiffusionPipeline):
         source = images_to_tensor(images, (h, w)).to(device=device, dtype=dtype)
         source_pose = self.pose_maps(src_kp, src_sizes)
         target_pose = self.pose_maps(tgt_kp, tgt_sizes)
+        skp = keypoints_to_frame(src_kp, src_sizes, (h, w)).to(device)
+        tkp = keypoints_to_frame(tgt_kp, tgt_sizes, (h, w)).to(device)
+        needs_flow = bool(getattr(self.unet.config, "pose_aligned", False))
+        cond = {
+            "source": source,
+            "source_pose": source_pose,
+            "target_pose": target_pose,
+            "source_keypoints": skp,
+            "target_keypoints": tkp,
+        }
+        if needs_flow:
+            cond["flow"] = self.unet.compute_flow(skp, tkp)
+        present = (tkp[..., 2] >= float(self.unet.config.min_score)) & (tkp[..., 2] > 0)
 
         self.scheduler.set_timesteps(int(num_inference_steps), device=device)
         latents = randn_tensor((b, 3, h, w), generator=generator, device=device, dtype=dtype)
@@ -201,18 +331,40 @@ class ReposePipeline(DiffusionPipeline):
             extra["generator"] = generator
         if "eta" in step_params:
             extra["eta"] = eta
+        alphas_cumprod = getattr(self.scheduler, "alphas_cumprod", None)
+        if use_prior and alphas_cumprod is None:
+            raise ValueError(f"{type(self.scheduler).__name__} has no alphas_cumprod; prior guidance needs one")
         for t in self.scheduler.timesteps:
+            if use_prior:
+                idx = int(min(max(round(float(t)), 0), len(alphas_cumprod) - 1))
+                step_size = float(prior_guidance_scale) * (1.0 - float(alphas_cumprod[idx]))
+                tkp = self._prior_step(pose_prior, tkp, present, step_size)
+                cond["target_keypoints"] = tkp
+                cond["target_pose"] = render_poses_tensor(
+                    tkp, (w, h), (h, w), self.unet.config.pose_sigma, self.unet.config.limb_width,
+                    self.unet.config.min_score, device=device, dtype=dtype,
+                )
+                if needs_flow:
+                    cond["flow"] = self.unet.compute_flow(skp, tkp)
             model_in = self.scheduler.scale_model_input(latents, t)
-            pred = self.unet(model_in, t, source, source_pose, target_pose)
+            pred = self.guided_prediction(model_in, t, cond, pose_guidance_scale, appearance_guidance_scale)
             latents = self.scheduler.step(pred, t, latents, **extra).prev_sample
 
         out = latents.float().clamp(-1.0, 1.0).cpu()
         if output_type == "pt":
-            return out
-        arr = tensor_to_uint8(out)
-        if output_type == "pil":
-            return [Image.fromarray(a) for a in arr]
-        return arr
+            result = out
+        else:
+            arr = tensor_to_uint8(out)
+            result = [Image.fromarray(a) for a in arr] if output_type == "pil" else arr
+        if not return_keypoints:
+            return result
+        kp_out = tkp.detach().float().cpu().numpy().copy()
+        sx = (tgt_sizes[:, 0] / w).astype(np.float32)[:, None]
+        sy = (tgt_sizes[:, 1] / h).astype(np.float32)[:, None]
+        kp_out[..., 0] = (kp_out[..., 0] + 0.5) * sx - 0.5
+        kp_out[..., 1] = (kp_out[..., 1] + 0.5) * sy - 0.5
+        kp_out[..., 2] = tgt_kp[..., 2]
+        return result, kp_out
 
 
 def load_pipeline(

@@ -14,18 +14,29 @@ Run folder (everything written atomically)::
     run_dir/recipe.yaml                 the recipe used (train.steps = the requested total)
     run_dir/pairs.parquet               the training pairs (source, target, pid)
     run_dir/loss.csv                    step, loss, lr, elapsed_s (one row every log_every steps)
-    run_dir/checkpoints/step-000250/    unet/ (save_pretrained), optimizer.pt, lr_scheduler.pt,
-                                        rng.pt, state.json; the last 2 are kept
+    run_dir/checkpoints/step-000250/    unet/ (save_pretrained, the raw training weights),
+                                        optimizer.pt, lr_scheduler.pt, rng.pt, state.json, and
+                                        ema.pt (diffusers EMAModel state) when train.ema_decay > 0;
+                                        the last 2 are kept
     run_dir/samples/step-000500.png     rows: source | target pose | generated (DDIM) | real target
-    run_dir/model/                      the final ReposePipeline (save_pretrained) + recipe.yaml
+                                        (generated with the EMA weights when EMA is on)
+    run_dir/model/                      the final ReposePipeline (save_pretrained; the EMA weights
+                                        when EMA is on) + recipe.yaml
 
-Determinism: the data order, the flips, the noise and the timesteps of step ``s`` are functions of
-``(train.seed, s)`` only (:func:`posegen._io.stable_seed`), so a run resumed from a checkpoint
+Condition dropout (``train.pose_dropout``, ``train.appearance_dropout``, independent per sample and
+per condition; :func:`condition_dropout`) trains the unconditional and pose-only predictions that
+the pipeline's disentangled classifier-free guidance needs. EMA of the weights
+(``train.ema_decay``, ``diffusers.training_utils.EMAModel`` with its default warm-up
+``min(decay, (1 + n) / (10 + n))``) is updated after every optimizer step.
+
+Determinism: the data order, the flips, the noise, the timesteps and the dropped conditions of
+step ``s`` are functions of ``(train.seed, s)`` only (:func:`posegen._io.stable_seed`), so a run resumed from a checkpoint
 repeats exactly what an uninterrupted run does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -58,7 +69,7 @@ from .pipeline import ReposePipeline
 from .render import pose_to_rgb, render_pose
 from .schedulers import make_scheduler, training_scheduler
 
-__all__ = ["train", "denoising_loss", "TrainingError", "KEEP_CHECKPOINTS"]
+__all__ = ["train", "denoising_loss", "condition_dropout", "TrainingError", "KEEP_CHECKPOINTS"]
 
 log = logging.getLogger(__name__)
 
@@ -96,24 +107,35 @@ def denoising_loss(
     noise: torch.Tensor,
     timesteps: torch.Tensor,
     noise_scheduler,
+    *,
+    drop_pose: torch.Tensor | None = None,
+    drop_appearance: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The DDPM training loss of one batch, for given noise and timesteps (Ho et al. 2020).
 
     Args:
         unet: a :class:`~posegen.repose.model.ReposeUNet` (or its accelerate wrapper).
         batch: ``source``, ``target`` ``[B, 3, h, w]`` in ``[-1, 1]``; ``source_pose``,
-            ``target_pose`` ``[B, 36, h, w]`` (a :class:`PairDataset` batch), on the unet's device.
+            ``target_pose`` ``[B, 36, h, w]``; ``source_keypoints``, ``target_keypoints``
+            ``float32 [B, 17, 3]`` model-frame pixels (a :class:`PairDataset` batch; the keypoints
+            may be absent for models that do not need them), on the unet's device.
         noise: ``[B, 3, h, w]`` standard normal.
         timesteps: ``int64 [B]`` in ``[0, num_train_timesteps)``.
         noise_scheduler: the training ``DDPMScheduler``; its ``config.prediction_type``
             (``epsilon``, ``v_prediction`` or ``sample``) chooses the regression target.
+        drop_pose, drop_appearance: bool ``[B]`` condition dropout (None = keep), see
+            :meth:`ReposeUNet.forward`.
 
     Returns:
         Scalar float32 MSE between the prediction and ``eps`` (or ``v``, or the clean ``x0``).
     """
     x0 = batch["target"]
     noisy = noise_scheduler.add_noise(x0, noise, timesteps)
-    pred = unet(noisy, timesteps, batch["source"], batch["source_pose"], batch["target_pose"])
+    pred = unet(
+        noisy, timesteps, batch["source"], batch["source_pose"], batch["target_pose"],
+        source_keypoints=batch.get("source_keypoints"), target_keypoints=batch.get("target_keypoints"),
+        drop_pose=drop_pose, drop_appearance=drop_appearance,
+    )
     kind = noise_scheduler.config.prediction_type
     if kind == "v_prediction":
         target = noise_scheduler.get_velocity(x0, noise, timesteps)
@@ -129,6 +151,28 @@ def _step_noise(seed: int, step: int, rank: int, shape, num_timesteps: int):
     noise = torch.randn(shape, generator=g)
     t = torch.randint(0, num_timesteps, (shape[0],), generator=g, dtype=torch.int64)
     return noise, t
+
+
+def condition_dropout(
+    seed: int, step: int, rank: int, batch_size: int, pose_dropout: float, appearance_dropout: float
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Which samples of a step drop their pose / appearance conditions (classifier-free guidance
+    training, Ho & Salimans 2022; separately per condition as in PIDM).
+
+    Drawn from ``stable_seed(seed, "dropout", step, rank)``, independently per sample and per
+    condition, so a resumed run drops exactly the same conditions.
+
+    Returns:
+        ``(drop_pose, drop_appearance)``, each bool ``[batch_size]`` on the CPU, or None when its
+        probability is 0.
+    """
+    if pose_dropout <= 0 and appearance_dropout <= 0:
+        return None, None
+    g = torch.Generator(device="cpu").manual_seed(stable_seed(seed, "dropout", step, rank))
+    u = torch.rand(2, batch_size, generator=g)
+    dp = (u[0] < pose_dropout) if pose_dropout > 0 else None
+    da = (u[1] < appearance_dropout) if appearance_dropout > 0 else None
+    return dp, da
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -235,7 +279,7 @@ def _torch_save_atomic(obj: Any, path: Path) -> None:
     atomic_write(path, lambda p: torch.save(obj, p))
 
 
-def _save_checkpoint(run_dir: Path, step: int, unet, optimizer, lr_sched, state: dict) -> Path:
+def _save_checkpoint(run_dir: Path, step: int, unet, optimizer, lr_sched, state: dict, ema=None) -> Path:
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
@@ -246,6 +290,8 @@ def _save_checkpoint(run_dir: Path, step: int, unet, optimizer, lr_sched, state:
     unet.save_pretrained(tmp / "unet")
     _torch_save_atomic(optimizer.state_dict(), tmp / "optimizer.pt")
     _torch_save_atomic(lr_sched.state_dict(), tmp / "lr_scheduler.pt")
+    if ema is not None:
+        _torch_save_atomic(ema.state_dict(), tmp / "ema.pt")
     rng = {
         "torch": torch.get_rng_state(),
         "numpy": np.random.get_state(),
@@ -259,6 +305,21 @@ def _save_checkpoint(run_dir: Path, step: int, unet, optimizer, lr_sched, state:
     for _, old in _checkpoints(run_dir)[:-KEEP_CHECKPOINTS]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+@contextlib.contextmanager
+def _ema_weights(ema, model: torch.nn.Module):
+    """Temporarily load the EMA weights into ``model`` (no-op when ``ema`` is None); the training
+    weights are restored exactly afterwards."""
+    if ema is None:
+        yield model
+        return
+    ema.store(model.parameters())
+    ema.copy_to(model.parameters())
+    try:
+        yield model
+    finally:
+        ema.restore(model.parameters())
 
 
 def _write_loss_csv(path: Path, rows: list[dict]) -> None:
@@ -304,6 +365,8 @@ def _sample_grid(unet: ReposeUNet, ds: PairDataset, recipe: Recipe, indices: lis
     gen = pipe(
         src, skp, tkp, source_sizes=(w, h), target_sizes=(w, h),
         num_inference_steps=recipe.sample.steps, generator=gens, output_type="np",
+        pose_guidance_scale=recipe.sample.pose_guidance,
+        appearance_guidance_scale=recipe.sample.appearance_guidance,
     )
     if was_training:
         unet.train()
@@ -494,9 +557,21 @@ def train(
         torch.set_rng_state(rng["torch"])
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])
+    ema = None
+    if tc.ema_decay > 0:
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(unet.parameters(), decay=float(tc.ema_decay))
+        if ckpts:
+            ema_path = ckpt / "ema.pt"
+            if not ema_path.is_file():
+                raise TrainingError(f"train.ema_decay > 0 but the checkpoint has no EMA state: {ema_path} is missing")
+            ema.load_state_dict(torch.load(ema_path, map_location="cpu", weights_only=False))
     model, optimizer = accelerator.prepare(unet, optimizer)
     noise_sched = training_scheduler(tc)
     device = accelerator.device
+    if ema is not None:
+        ema.to(device)
 
     loss_path = run_dir / "loss.csv"
     rows = _read_loss_csv(loss_path, start) if accelerator.is_main_process else []
@@ -520,15 +595,22 @@ def train(
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         noise, t = _step_noise(tc.seed, step, rank, batch["target"].shape, tc.num_train_timesteps)
         noise, t = noise.to(device), t.to(device)
+        drop_pose, drop_app = condition_dropout(
+            tc.seed, step, rank, noise.shape[0], tc.pose_dropout, tc.appearance_dropout
+        )
+        drop_pose = None if drop_pose is None else drop_pose.to(device)
+        drop_app = None if drop_app is None else drop_app.to(device)
         lr = float(optimizer.param_groups[0]["lr"])
         with accelerator.autocast():
-            loss = denoising_loss(model, batch, noise, t, noise_sched)
+            loss = denoising_loss(model, batch, noise, t, noise_sched, drop_pose=drop_pose, drop_appearance=drop_app)
         accelerator.backward(loss)
         if accelerator.sync_gradients:
             accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
         optimizer.step()
         lr_sched.step()
         optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.step(model.parameters())
 
         loss_val = float(accelerator.reduce(loss.detach(), reduction="mean").item())
         if not np.isfinite(loss_val):
@@ -545,7 +627,8 @@ def train(
             progress(step, total, {"event": "step", "loss": loss_val, "lr": lr, "elapsed_s": elapsed})
         if step % tc.sample_every == 0 or step == total:
             if is_main:
-                grid = _sample_grid(accelerator.unwrap_model(model), ds, recipe, sample_idx)
+                with _ema_weights(ema, accelerator.unwrap_model(model)) as m:
+                    grid = _sample_grid(m, ds, recipe, sample_idx)
                 from PIL import Image
 
                 png = atomic_save_image(Image.fromarray(grid), run_dir / "samples" / f"step-{step:06d}.png")
@@ -557,6 +640,7 @@ def train(
                 ck = _save_checkpoint(
                     run_dir, step, accelerator.unwrap_model(model), optimizer, lr_sched,
                     {"step": step, "total": total, "loss_window": window, "elapsed_s": elapsed},
+                    ema=ema,
                 )
                 log.info("checkpoint %s", ck)
                 if progress is not None:
@@ -564,7 +648,8 @@ def train(
             accelerator.wait_for_everyone()
 
     if accelerator.is_main_process:
-        out = _save_final_model(run_dir, accelerator.unwrap_model(model), recipe, step)
+        with _ema_weights(ema, accelerator.unwrap_model(model)) as m:
+            out = _save_final_model(run_dir, m, recipe, step)
         if progress is not None:
             progress(step, total, {"event": "done", "path": str(out)})
     accelerator.wait_for_everyone()

@@ -131,6 +131,29 @@ def _as_kp_tensor(kp, device=None) -> torch.Tensor:
     return t
 
 
+def image_sizes_tensor(sizes, b: int, device=None) -> torch.Tensor:
+    """Image sizes as ``float64 [B, 2]`` ``(width, height)`` pixels on ``device``.
+
+    Args:
+        sizes: one ``(width, height)`` (broadcast to the batch) or ``[B, 2]``; numpy, list or tensor.
+        b: batch size ``B``.
+
+    Raises:
+        ValueError: a shape other than ``(2,)`` / ``[B, 2]``, or a non-positive size.
+    """
+    if isinstance(sizes, torch.Tensor):
+        sz = sizes.detach().to(device=device, dtype=torch.float64)
+    else:
+        sz = torch.as_tensor(np.asarray(sizes, dtype=np.float64), device=device)
+    if sz.shape == (2,):
+        sz = sz.expand(b, 2)
+    if sz.shape != (b, 2):
+        raise ValueError(f"sizes must be (width, height) or [B, 2] with B={b}, got shape {tuple(sz.shape)}")
+    if b and not bool((sz > 0).all()):
+        raise ValueError(f"image sizes must be positive (width, height), got {sz.tolist()}")
+    return sz
+
+
 def keypoints_to_frame(keypoints, sizes, out_hw) -> torch.Tensor:
     """Map keypoints measured on images of ``sizes`` to pixels of the model frame ``out_hw``.
 
@@ -152,17 +175,7 @@ def keypoints_to_frame(keypoints, sizes, out_hw) -> torch.Tensor:
         ValueError: wrong shapes or non-positive sizes.
     """
     kp = _as_kp_tensor(keypoints)
-    if isinstance(sizes, torch.Tensor):
-        sz = sizes.detach().to(device=kp.device, dtype=torch.float64)
-    else:
-        sz = torch.as_tensor(np.asarray(sizes, dtype=np.float64), device=kp.device)
-    b = kp.shape[0]
-    if sz.shape == (2,):
-        sz = sz.expand(b, 2)
-    if sz.shape != (b, 2):
-        raise ValueError(f"sizes must be (width, height) or [B, 2] with B={b}, got shape {tuple(sz.shape)}")
-    if b and not bool((sz > 0).all()):
-        raise ValueError(f"image sizes must be positive (width, height), got {sz.tolist()}")
+    sz = image_sizes_tensor(sizes, kp.shape[0], kp.device)
     h, w = float(out_hw[0]), float(out_hw[1])
     out = kp.clone()
     # float32 arithmetic in the same order as scale_keypoints, so render.py and warp agree exactly
@@ -227,19 +240,24 @@ def person_scale(keypoints, out_hw, *, min_score: float = 0.5) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- transform fitting
+def _centred(t, s, m):
+    """Masked centroids and centred point sets of ``t``, ``s`` (``[..., K, 2]``, mask ``[..., K]``):
+    ``(n [...], t_mean [..., 2], s_mean [..., 2], t_centred, s_centred)``, absent points zeroed."""
+    mf = m.to(t.dtype)
+    n = mf.sum(-1)
+    nn = n.clamp_min(1.0)[..., None]
+    tm = (t * mf[..., None]).sum(-2) / nn
+    sm = (s * mf[..., None]).sum(-2) / nn
+    return n, tm, sm, (t - tm[..., None, :]) * mf[..., None], (s - sm[..., None, :]) * mf[..., None]
+
+
 def _fit_similarity(t, s, m):
     """Least-squares similarity ``s ~ A t + c`` per ``[..., K]`` point set (Umeyama, no reflection).
 
     ``t``, ``s``: float64 ``[..., K, 2]``; ``m``: bool ``[..., K]``. Returns ``A [..., 2, 2]``,
     ``c [..., 2]``, ``ok [...]`` (>= 2 points with spread); ``A = I, c = 0`` where not ok.
     """
-    mf = m.to(t.dtype)
-    n = mf.sum(-1)
-    nn = n.clamp_min(1.0)[..., None]
-    tm = (t * mf[..., None]).sum(-2) / nn
-    sm = (s * mf[..., None]).sum(-2) / nn
-    tc = (t - tm[..., None, :]) * mf[..., None]
-    sc = (s - sm[..., None, :]) * mf[..., None]
+    n, tm, sm, tc, sc = _centred(t, s, m)
     den = (tc * tc).sum((-1, -2))
     re = (sc[..., 0] * tc[..., 0] + sc[..., 1] * tc[..., 1]).sum(-1)
     im = (sc[..., 1] * tc[..., 0] - sc[..., 0] * tc[..., 1]).sum(-1)
@@ -256,13 +274,7 @@ def _fit_similarity(t, s, m):
 def _fit_affine(t, s, m):
     """Least-squares affine ``s ~ A t + c`` per ``[..., K]`` point set; ``ok`` needs >= 3 points not
     nearly collinear (smallest/largest principal std of the target points > 0.1)."""
-    mf = m.to(t.dtype)
-    n = mf.sum(-1)
-    nn = n.clamp_min(1.0)[..., None]
-    tm = (t * mf[..., None]).sum(-2) / nn
-    sm = (s * mf[..., None]).sum(-2) / nn
-    tc = (t - tm[..., None, :]) * mf[..., None]
-    sc = (s - sm[..., None, :]) * mf[..., None]
+    n, tm, sm, tc, sc = _centred(t, s, m)
     C = tc.transpose(-1, -2) @ tc  # [..., 2, 2]
     X = sc.transpose(-1, -2) @ tc
     tr = C[..., 0, 0] + C[..., 1, 1]

@@ -1,0 +1,160 @@
+"""``posegen augment`` and ``posegen filter``: Typer commands over :mod:`posegen.augment` and :mod:`posegen.filter`.
+
+Registered in :mod:`posegen.cli.app` as ``app.command("augment")(augment_cmd)``. The commands only parse
+options, call the library and render progress and tables; the shared Rich helpers (``console``,
+``_progress``, ``_clear_errors``) are taken from :mod:`cli.app` when a command runs.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+__all__ = ["augment_cmd", "filter_cmd", "counts_table"]
+
+
+def _warn_no_reid(console, recipe, reid_weights) -> None:
+    if reid_weights is None and recipe.filter.reid_weights is None:
+        console.print(
+            "[yellow]warning:[/yellow] no re-ID weights (--reid-weights or the recipe's filter.reid_weights): "
+            "the identity checks are skipped and their scores are NaN (nothing is downloaded)"
+        )
+
+
+def counts_table(before: dict | None, after: dict, title: str) -> list[Table]:
+    """Rich tables of kept/rejected counts and rejections by reason (``before`` -> ``after`` when given).
+
+    ``before`` and ``after`` are :func:`posegen.augment.summarize` results.
+    """
+    table = Table(title=title)
+    cols = ["", "generated", "kept", "rejected", "mean OKS (kept)", "mean identity (kept)"]
+    for col in cols:
+        table.add_column(col, justify="right")
+
+    def row(name, s):
+        table.add_row(
+            name, str(s["generated"]), str(s["kept"]), str(s["rejected"]), f"{s['mean_oks_kept']:.2f}",
+            f"{s['mean_identity_kept']:.2f}",
+        )  # fmt: skip
+
+    if before is not None:
+        row("before", before)
+    row("after" if before is not None else "", after)
+    reasons = Table(title="rejected, by reason")
+    reasons.add_column("reason")
+    if before is not None:
+        reasons.add_column("before", justify="right")
+    reasons.add_column("images", justify="right")
+    names = sorted(set(after["rejected_by_reason"]) | set((before or {}).get("rejected_by_reason", {})))
+    for r in names:
+        cells = [r] + ([str(before["rejected_by_reason"].get(r, 0))] if before is not None else [])
+        reasons.add_row(*cells, str(after["rejected_by_reason"].get(r, 0)))
+    return [table, reasons] if names else [table]
+
+
+def augment_cmd(
+    data: Path = typer.Argument(..., help="Dataset folder (never modified)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: the enlarged dataset in DATA's layout."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Trained model (train run folder); default: train the recipe's model on DATA first."),
+    recipe: str = typer.Option("tiny", help="Recipe name (tiny, cuhk03) or YAML path."),
+    layout: Optional[str] = typer.Option(None, help="Force a layout: market1501, cuhk03 or generic."),
+    k: Optional[int] = typer.Option(None, "-k", help="Target poses per source image (default: recipe)."),
+    seed: int = typer.Option(0, help="Run seed (targets and noise derive from it)."),
+    limit: Optional[int] = typer.Option(None, help="Trial run on the first N images (sorted by path)."),
+    split: list[str] = typer.Option(["train"], "--split", help="Splits to re-pose (repeatable)."),
+    steps: Optional[int] = typer.Option(None, help="Sampling steps (default: recipe)."),
+    scheduler: Optional[str] = typer.Option(None, help="Sampler (default: recipe): ddim, dpm++, unipc, euler, ddpm."),
+    train_steps: Optional[int] = typer.Option(None, help="Training steps when no --model is given (default: recipe)."),
+    backend: str = typer.Option("blazepose", help="Pose backend."),
+    reid_weights: Optional[Path] = typer.Option(
+        None, "--reid-weights", help="Re-ID embedder ONNX file for the identity checks (default: the recipe's filter.reid_weights)."
+    ),
+    report_rows: int = typer.Option(200, "--report-rows", min=0, help="Most image rows in OUT/report.html."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in OUT."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous posegen output in OUT."),
+):
+    """Re-pose every image of DATA into K target poses, filter, and write an enlarged dataset to OUT."""
+    from posegen.augment import augment, summarize
+    from posegen.pose.backends import get_backend
+    from posegen.recipe import load_recipe
+
+    from .app import _clear_errors, _progress, console
+
+    with _clear_errors():
+        rec = load_recipe(recipe)
+        _warn_no_reid(console, rec, reid_weights)
+        t0 = time.perf_counter()
+        stage_time: dict[str, list[float]] = {}
+
+        def timed(update):
+            def cb(stage, done, total):
+                now = time.perf_counter()
+                stage_time.setdefault(stage, [now, done, now, done])[2:] = [now, done]
+                update(stage, done, total)
+
+            return cb
+
+        with get_backend(backend) as be, _progress() as update:
+            manifest = augment(
+                data, out, recipe=rec, backend=be, model=model, layout=layout, seed=seed, k=k,
+                limit=limit, splits=tuple(split), num_inference_steps=steps, scheduler=scheduler,
+                train_steps=train_steps, reid_weights=reid_weights, report_rows=report_rows, resume=resume,
+                overwrite=overwrite, progress=timed(update),
+            )  # fmt: skip
+    s = summarize(manifest)
+    console.print(f"real images: {s['real']}; {(time.perf_counter() - t0) / 60:.1f} minutes")
+    for t in counts_table(None, s, f"posegen augment -> {out}"):
+        console.print(t)
+    rates = Table(title="stages")
+    for col in ("stage", "items", "seconds", "items/s"):
+        rates.add_column(col, justify="right")
+    for stage, (t_start, n_start, t_end, n_end) in stage_time.items():
+        n, dt = n_end - n_start, max(t_end - t_start, 1e-9)
+        rates.add_row(stage, str(n), f"{dt:.1f}", f"{n / dt:.2f}")
+    console.print(rates)
+    console.print(f"manifest: {out / 'manifest.parquet'}; report: {out / 'report.html'}")
+
+
+def filter_cmd(
+    out: Path = typer.Argument(..., help="An augment output folder (OUT)."),
+    recipe: Optional[str] = typer.Option(None, help="Recipe whose filter thresholds apply (default: the run's own)."),
+    reid_weights: Optional[Path] = typer.Option(
+        None, "--reid-weights", help="Re-ID embedder ONNX file (default: the recipe's, else the run's)."
+    ),
+    backend: str = typer.Option("blazepose", help="Pose backend for re-estimating poses (use the run's)."),
+    report_rows: int = typer.Option(200, "--report-rows", min=0, help="Most image rows in OUT/report.html."),
+):
+    """Re-score the generated images of OUT with the current thresholds, move files whose decision
+    changed, and rewrite manifest.parquet and the report."""
+    import json
+
+    import pandas as pd
+
+    from posegen.augment import summarize
+    from posegen.filter import refilter
+    from posegen.pose.backends import get_backend
+    from posegen.recipe import Recipe, load_recipe
+
+    from .app import _clear_errors, _progress, console
+
+    with _clear_errors():
+        manifest_file, run_json = out / "manifest.parquet", out / ".posegen" / "run.json"
+        for f in (manifest_file, run_json):
+            if not f.is_file():
+                raise FileNotFoundError(f"not an augment output folder: {f} not found")
+        before = summarize(pd.read_parquet(manifest_file))
+        rec = load_recipe(recipe) if recipe else Recipe.model_validate(json.loads(run_json.read_text())["recipe"])
+        run_reid = json.loads(run_json.read_text()).get("reid_weights")
+        _warn_no_reid(console, rec, reid_weights or run_reid)
+        with get_backend(backend) as be, _progress() as update:
+            manifest = refilter(
+                out, recipe=rec, backend=be, reid_weights=reid_weights, report_rows=report_rows,
+                progress=update,
+            )  # fmt: skip
+    for t in counts_table(before, summarize(manifest), f"posegen filter {out}"):
+        console.print(t)
+    console.print(f"manifest: {out / 'manifest.parquet'}; report: {out / 'report.html'}")
