@@ -151,7 +151,7 @@ def main() -> None:
         "rows": rows,
         "seconds": time.perf_counter() - t0,
     }
-    Console().print(rq.render_table([{**r, "model": r["label"]} for r in rows], "ablation (tiny recipe, CUHK03 val pairs)"))
+    Console(width=160).print(rq.render_table([{**r, "model": r["label"]} for r in rows], "ablation (tiny recipe, CUHK03 val pairs)"))
     atomic_write_json(rq.RESULTS / "ablation.json", result)
     atomic_write_text(
         rq.RESULTS / "ablation.md",

@@ -10,10 +10,11 @@ Every model change is judged by this table. Protocol:
 - **Generation**: the model re-poses each source to its target's pose at 10 and 20 sampler steps
   (``--steps``), one seeded generator per pair.
 - **Metrics** (:mod:`posegen.metrics`), output vs the real target image resized to the model's
-  resolution: SSIM and PSNR (torchmetrics); OKS and PCK\\@0.5 (bbox reference) between the target
-  pose (model frame) and the pose re-estimated on the output (BlazePose, "no person" counts as
-  OKS 0 and PCK 0); identity cosine similarity of the output to the source (OSNet x0.25 MSMT17
-  ONNX from ``../shared/weights/osnet``); and the kept-rate under the recipe's default filter.
+  resolution: SSIM and PSNR (torchmetrics). Scored as ``augment`` scores what it writes (the output
+  resized to the source's size): OKS and PCKh\\@0.5 between the target pose and the pose
+  re-estimated on the output (BlazePose; "no person" counts as OKS 0 and PCK 0), identity cosine
+  similarity of the output to the source (OSNet x0.25 MSMT17 ONNX from ``../shared/weights/osnet``),
+  and the kept-rate under the recipe's filter (:func:`posegen.filter.filter_batch`).
 - **Baseline**: "output = source image" (the source resized to the model's resolution), scored the
   same way, so that the numbers mean something.
 
@@ -45,7 +46,7 @@ from rich.table import Table
 from posegen._io import atomic_write_json, atomic_write_text, stable_seed
 from posegen.data import load_dataset
 from posegen.data.images import read_image
-from posegen.pose.backends import NoPersonFound, get_backend
+from posegen.pose.backends import get_backend
 from posegen.pose.extract import extract_poses, usable_poses
 from posegen.pose.formats import keypoints_array
 from posegen.pose.keypoints import scale_keypoints
@@ -129,46 +130,40 @@ class Scorer:
         self.tgt_kp_model = np.stack(
             [scale_keypoints(k, tuple(s), (self.w, self.h)) for k, s in zip(self.tgt_kp, self.tgt_size)]
         )
-        self.src_kp_model = np.stack(
-            [scale_keypoints(k, tuple(s), (self.w, self.h)) for k, s in zip(self.src_kp, self.src_size)]
-        )
         self.tgt_model = np.stack([resize_image(im, (self.h, self.w)) for im in self.tgt_images])
         self.src_model = np.stack([resize_image(im, (self.h, self.w)) for im in self.src_images])
         self.src_emb = embedder.embed(self.src_images)
 
     def score(self, outputs: np.ndarray) -> pd.DataFrame:
-        """Per-pair metrics of ``outputs`` (``uint8 [N, h, w, 3]``, model resolution)."""
-        from posegen.filter import filter_batch
-        from posegen.metrics import oks, pck, psnr, ssim
+        """Per-pair metrics of ``outputs`` (``uint8 [N, h, w, 3]``, model resolution).
 
-        min_score = self.recipe.pose.min_score
-        est = []
-        for im in outputs:
-            try:
-                est.append(self.backend.estimate(im))
-            except NoPersonFound:
-                est.append(None)
-        oks_v = [0.0 if e is None else oks(e, t, min_score=min_score) for e, t in zip(est, self.tgt_kp_model)]
-        pck_v = [
-            0.0 if e is None else pck(e, t, alpha=0.5, reference="bbox", min_score=min_score)
-            for e, t in zip(est, self.tgt_kp_model)
-        ]
-        out_emb = self.embedder.embed(list(outputs))
-        ident = (out_emb * self.src_emb).sum(axis=1)
-        kept = filter_batch(
-            outputs, self.src_model, self.src_kp_model, self.tgt_kp_model, self.recipe.filter, self.backend,
-            embedder=self.embedder, source_embeddings=self.src_emb, min_score=min_score,
+        SSIM / PSNR compare with the real target at the model's resolution. Everything else is
+        scored exactly as ``augment`` scores what it writes: the output resized to the source
+        image's size, the target pose scaled to it, :func:`posegen.filter.filter_batch` with the
+        recipe's thresholds (its "other images of the pid" identity check is not applied here).
+        """
+        from posegen.filter import filter_batch
+        from posegen.metrics import psnr, ssim
+
+        up = [resize_image(o, im.shape[:2]) for o, im in zip(outputs, self.src_images)]
+        tgt_kp_src = np.stack(
+            [scale_keypoints(k, tuple(ts), tuple(ss)) for k, ts, ss in zip(self.tgt_kp, self.tgt_size, self.src_size)]
         )
+        fb = filter_batch(
+            up, self.src_images, self.src_kp, tgt_kp_src, self.recipe.filter, self.backend,
+            embedder=self.embedder, source_embeddings=self.src_emb, min_score=self.recipe.pose.min_score,
+            frame_hw=(self.h, self.w),
+        )  # fmt: skip
         return pd.DataFrame(
             {
                 "ssim": ssim(outputs, self.tgt_model),
                 "psnr": psnr(outputs, self.tgt_model),
-                "oks": oks_v,
-                "pck": pck_v,
-                "person_found": [e is not None for e in est],
-                "identity": ident,
-                "kept": kept["kept"].to_numpy(),
-                "reason": kept["reason"].to_numpy(),
+                "oks": fb["oks"].fillna(0.0).to_numpy(),
+                "pck": fb["pck"].fillna(0.0).to_numpy(),
+                "person_found": (fb["n_keypoints"] > 0).to_numpy(),
+                "identity": fb["identity_sim"].to_numpy(),
+                "kept": fb["kept"].to_numpy(dtype=bool),
+                "reason": fb["reason"].to_numpy(),
             }
         )
 
@@ -232,7 +227,7 @@ def _pipeline_dir(model) -> Path:
 def render_table(rows: list[dict], title: str) -> Table:
     """A Rich table of :func:`evaluate_model` / :func:`baseline` rows."""
     t = Table(title=title)
-    for col in ("model", "steps", "SSIM", "PSNR", "OKS", "PCK@0.5", "person found", "identity", "kept", "img/s"):
+    for col in ("model", "steps", "SSIM", "PSNR", "OKS", "PCKh@0.5", "person found", "identity", "kept", "img/s"):
         t.add_column(col, justify="right")
     for r in rows:
         t.add_row(
@@ -246,7 +241,7 @@ def render_table(rows: list[dict], title: str) -> Table:
 
 def markdown(rows: list[dict], header: str) -> str:
     """The rows as a Markdown table under ``header``."""
-    lines = [header, "", "| model | steps | SSIM | PSNR | OKS | PCK@0.5 | person found | identity | kept | img/s |",
+    lines = [header, "", "| model | steps | SSIM | PSNR | OKS | PCKh@0.5 | person found | identity | kept | img/s |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
     for r in rows:
         lines.append(
@@ -299,7 +294,7 @@ def main() -> None:
         "rows": rows,
         "seconds": time.perf_counter() - t0,
     }
-    Console().print(render_table(rows, f"re-posing quality, {len(scorer.pairs)} CUHK03 val cross-view pairs"))
+    Console(width=160).print(render_table(rows, f"re-posing quality, {len(scorer.pairs)} CUHK03 val cross-view pairs"))
     suffix = f"-{args.tag}" if args.tag else ""
     RESULTS.mkdir(parents=True, exist_ok=True)
     atomic_write_json(RESULTS / f"repose_quality{suffix}.json", result)
