@@ -31,13 +31,13 @@ def counts_table(before: dict | None, after: dict, title: str) -> list[Table]:
     ``before`` and ``after`` are :func:`posegen.augment.summarize` results.
     """
     table = Table(title=title)
-    cols = ["", "generated", "kept", "rejected", "mean OKS (kept)", "mean identity (kept)"]
+    cols = ["", "real", "generated", "kept", "rejected", "mean OKS (kept)", "mean identity (kept)"]
     for col in cols:
         table.add_column(col, justify="right")
 
     def row(name, s):
         table.add_row(
-            name, str(s["generated"]), str(s["kept"]), str(s["rejected"]), f"{s['mean_oks_kept']:.2f}",
+            name, str(s["real"]), str(s["generated"]), str(s["kept"]), str(s["rejected"]), f"{s['mean_oks_kept']:.2f}",
             f"{s['mean_identity_kept']:.2f}",
         )  # fmt: skip
 
