@@ -22,24 +22,17 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 from rich.console import Console
+from _common import commit as _commit
 
 REPO = Path(__file__).resolve().parents[1]
 CUHK03 = REPO.parent / "shared" / "data" / "cuhk03-detected" / "detected"
 DEMO = REPO / "runs" / "cuhk03-demo"
-
-
-def _commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _has_kept_synthetic(out: Path) -> bool:

@@ -30,7 +30,6 @@ import argparse
 import itertools
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,21 +41,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
+from _common import commit as _commit  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 CUHK03_TRAIN = SHARED / "data" / "cuhk03-detected" / "detected" / "train"
 MOVENET = SHARED / "weights" / "movenet" / "lite-model_movenet_singlepose_lightning_tflite_int8_4.tflite"
 BLAZEPOSE_HEAVY = SHARED / "weights" / "mediapipe" / "pose_landmark_heavy.tflite"
-
-
-def _commit() -> str:
-    try:
-        sha = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True).strip()
-        dirty = subprocess.check_output(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, text=True).strip()
-        return sha + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _machine() -> str:

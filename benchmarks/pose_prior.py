@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -68,6 +67,7 @@ from posegen.prior import (  # noqa: E402
     train_pose_prior,
 )
 from posegen.prior.model import WEIGHTS_FILE, shipped_weights_dir  # noqa: E402
+from _common import commit as _commit  # noqa: E402
 
 SHARED = REPO.parent / "shared"
 MARKET = SHARED / "data" / "market1501-keypoints"
@@ -75,15 +75,6 @@ CUHK03 = SHARED / "data" / "cuhk03-detected" / "detected"
 CACHE = REPO / "runs" / "bench-cache"
 RESULTS = REPO / "benchmarks" / "results"
 MIN_SCORE, MIN_KEYPOINTS = 0.5, 8  # the recipes' pose thresholds (recipes/*.yaml, pose:)
-
-
-def _commit() -> str:
-    try:
-        sha = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=REPO, text=True).strip()
-        dirty = subprocess.check_output(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, text=True).strip()
-        return sha + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def split_train(train_kp: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -53,22 +52,12 @@ from posegen.pose.keypoints import scale_keypoints
 from posegen.recipe import load_recipe
 from posegen.repose import load_pipeline
 from posegen.repose.render import resize_image
+from _common import REPO, RESULTS, SHARED, commit
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
 CUHK03_VAL = SHARED / "data" / "cuhk03-detected" / "detected" / "val"
 OSNET = SHARED / "weights" / "osnet" / "osnet_x0_25_msmt17.onnx"
 PAIRS_FILE = REPO / "benchmarks" / "quality_pairs.csv"
 CACHE = REPO / "runs" / "bench-cache"
-RESULTS = REPO / "benchmarks" / "results"
-
-
-def commit() -> str:
-    """Short hash of the repository's HEAD (``"unknown"`` outside git)."""
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def val_poses(backend) -> tuple[pd.DataFrame, pd.DataFrame]:

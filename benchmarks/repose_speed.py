@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ from rich.table import Table
 from posegen._io import atomic_write_text
 from posegen.recipe import load_recipe
 from posegen.repose import ReposePipeline, ReposeUNet, make_scheduler
+from _common import commit as _commit
 
 REPO = Path(__file__).resolve().parents[1]
 GUIDED = {"pose_guidance_scale": 2.0, "appearance_guidance_scale": 1.5}
@@ -44,13 +44,6 @@ _POSE = np.array(
      [.22, .55], [.78, .55], [.38, .55], [.62, .55], [.37, .75], [.63, .75], [.36, .93], [.64, .93]],
     np.float32,
 )
-
-
-def _commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=REPO, text=True).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _poses(n: int, w: int, h: int, seed: int) -> np.ndarray:

@@ -20,7 +20,6 @@ import shutil
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,16 +34,10 @@ from posegen.pose.backends import get_backend
 from posegen.pose.extract import extract_poses, pose_summary
 from posegen.recipe import load_recipe
 from posegen.repose import train
+from _common import commit as _commit
 
 REPO = Path(__file__).resolve().parents[1]
 CUHK03_TRAIN = REPO.parent / "shared" / "data" / "cuhk03-detected" / "detected" / "train"
-
-
-def _commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main() -> None:

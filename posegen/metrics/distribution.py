@@ -82,14 +82,12 @@ def fid(
             to pass; nothing is downloaded).
         ValueError: an image is not uint8 RGB or a set has fewer than 2 images.
     """
-    if inception_weights is None:
-        raise FileNotFoundError(
-            f"FID needs local Inception-v3 weights: pass inception_weights=<path to {FID_WEIGHTS_NAME}> "
-            "(torch-fidelity's FeatureExtractorInceptionV3 weights, GitHub release v0.2.0); posegen never downloads them"
-        )
-    path = Path(inception_weights)
-    if not path.is_file():
-        raise FileNotFoundError(f"FID Inception-v3 weights not found: {path} (expected the file {FID_WEIGHTS_NAME})")
+    path = _weights_file(
+        inception_weights,
+        f"FID needs local Inception-v3 weights: pass inception_weights=<path to {FID_WEIGHTS_NAME}> "
+        "(torch-fidelity's FeatureExtractorInceptionV3 weights, GitHub release v0.2.0); posegen never downloads them",
+        f"FID Inception-v3 weights not found: {{path}} (expected the file {FID_WEIGHTS_NAME})",
+    )
     real = _images(real_images, "real_images")
     fake = _images(fake_images, "fake_images")
     if len(real) < 2 or len(fake) < 2:
@@ -103,6 +101,17 @@ def fid(
         for batch in _batches(fake, batch_size):
             metric.update(batch, real=False)
         return float(metric.compute())
+
+
+def _weights_file(weights: str | os.PathLike | None, if_none: str, if_missing: str) -> Path:
+    """The local weights file as a Path; ``FileNotFoundError(if_none)`` for None, and
+    ``FileNotFoundError(if_missing.format(path=...))`` when it is not a file (never downloads)."""
+    if weights is None:
+        raise FileNotFoundError(if_none)
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(if_missing.format(path=path))
+    return path
 
 
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -121,14 +130,12 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def _lpips_model(weights: str | os.PathLike | None, net: str):
     if net not in LPIPS_BACKBONE_FILES:
         raise ValueError(f"net must be one of {sorted(LPIPS_BACKBONE_FILES)}, got {net!r}")
-    if weights is None:
-        raise FileNotFoundError(
-            f"LPIPS needs local weights: pass weights=<path to torchvision's {LPIPS_BACKBONE_FILES[net]}> "
-            "or a full LPIPS state dict; posegen never downloads them"
-        )
-    path = Path(weights)
-    if not path.is_file():
-        raise FileNotFoundError(f"LPIPS weights not found: {path}")
+    path = _weights_file(
+        weights,
+        f"LPIPS needs local weights: pass weights=<path to torchvision's {LPIPS_BACKBONE_FILES[net]}> "
+        "or a full LPIPS state dict; posegen never downloads them",
+        "LPIPS weights not found: {path}",
+    )
     # torchmetrics' own LPIPS module; pnet_rand=True builds the torchvision backbone with
     # weights=None (no download) and pretrained=False skips its lenient (strict=False) loading:
     # every weight is then loaded here, strictly, from the user's file.
