@@ -196,18 +196,20 @@ class _Scorer:
 
     def score(
         self, images: list[np.ndarray], sources: list[str], targets: list[str], pids: list[int], energies,
-        target_keypoints: np.ndarray | None = None,
+        target_keypoints: np.ndarray | None = None, source_images: list[np.ndarray] | None = None,
     ) -> pd.DataFrame:
         """:func:`filter_batch` of images written for ``sources[i]`` re-posed to ``targets[i]``'s pose.
 
         ``images[i]`` is ``uint8 [H, W, 3]`` at the source's size, or a non-finite float array.
         ``target_keypoints`` (``float32 [N, 17, 3]``, pixels of each target's own image) replaces
         the pose bank's target poses: the poses the sampler actually used when prior guidance
-        moved them (see :class:`~posegen.repose.ReposePipeline`).
+        moved them (see :class:`~posegen.repose.ReposePipeline`). ``source_images`` are the decoded
+        sources (``uint8 [H, W, 3]``) when the caller has them; otherwise they are read from
+        ``sources_root``.
         """
         src_imgs, src_kp, tgt_kp, src_emb, others = [], [], [], [], []
         for i, (img, src, tgt, pid) in enumerate(zip(images, sources, targets, pids)):
-            src_img = read_image(self.sources_root / src)
+            src_img = read_image(self.sources_root / src) if source_images is None else source_images[i]
             src_imgs.append(src_img)
             src_kp.append(self.pose_of.loc[src, "keypoints"])
             h, w = np.asarray(img).shape[:2]
@@ -510,7 +512,7 @@ def _generate_batch(batch, pipe, root, out, pose_of, meta, scorer: _Scorer, step
         sub = batch.iloc[gen]
         sc = scorer.score(
             scored, list(sub["source"]), list(sub["target"]), [int(meta.loc[s, "pid"]) for s in sub["source"]],
-            sub["prior_energy"].to_numpy(dtype=np.float64), target_keypoints=used_kp,
+            sub["prior_energy"].to_numpy(dtype=np.float64), target_keypoints=used_kp, source_images=images,
         )
         for i, j in enumerate(gen):
             src, kk, tgt, s = sub["source"].iloc[i], sub["k"].iloc[i], sub["target"].iloc[i], sub["seed"].iloc[i]
