@@ -59,8 +59,8 @@ def counts_table(before: dict | None, after: dict, title: str) -> list[Table]:
 def augment_cmd(
     data: Path = typer.Argument(..., help="Dataset folder (never modified)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: the enlarged dataset in DATA's layout."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Trained model (train run folder); default: train the recipe's model on DATA first."),
-    recipe: str = typer.Option("tiny", help="Recipe name (tiny, cuhk03) or YAML path."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Trained model (train run folder or model folder); default: the model shipped with posegen."),
+    recipe: str = typer.Option("default", help="Recipe name (default, tiny, cuhk03) or YAML path: sampler, filter thresholds, K."),
     layout: Optional[str] = typer.Option(None, help="Force a layout: market1501, cuhk03 or generic."),
     k: Optional[int] = typer.Option(None, "-k", help="Target poses per source image (default: recipe)."),
     seed: int = typer.Option(0, help="Run seed (targets and noise derive from it)."),
@@ -68,7 +68,7 @@ def augment_cmd(
     split: list[str] = typer.Option(["train"], "--split", help="Splits to re-pose (repeatable)."),
     steps: Optional[int] = typer.Option(None, help="Sampling steps (default: recipe)."),
     scheduler: Optional[str] = typer.Option(None, help="Sampler (default: recipe): ddim, dpm++, unipc, euler, ddpm."),
-    train_steps: Optional[int] = typer.Option(None, help="Training steps when no --model is given (default: recipe)."),
+    train_steps: Optional[int] = typer.Option(None, help="Without --model: first train the (pixel-space) recipe's model on DATA for this many steps."),
     backend: str = typer.Option("blazepose", help="Pose backend."),
     reid_weights: Optional[Path] = typer.Option(
         None, "--reid-weights", help="Re-ID embedder ONNX file for the identity checks (default: the recipe's filter.reid_weights)."

@@ -21,7 +21,7 @@ _BATCH = ("--poses", "--images", "--batch-size", "--limit")
 
 
 def repose_cmd(
-    model: Path = typer.Option(..., "--model", help="A train run folder or its model/ folder."),
+    model: Optional[Path] = typer.Option(None, "--model", help="A train run folder or its model/ folder (default: the model shipped with posegen)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output PNG (one image), or output folder (--pairs)."),
     source: Optional[Path] = typer.Option(None, "--source", help="Source image of the person (one-image mode)."),
     target_pose: Optional[Path] = typer.Option(
@@ -87,7 +87,7 @@ def _repose_pairs(model, pairs, poses, images, out, batch_size, limit, steps, sc
 
     with _clear_errors():
         model_dir = resolve_model_dir(model)
-        sample = model_sample_config(model)
+        sample = model_sample_config(model_dir)
         pipe = load_pipeline(model_dir, scheduler=scheduler, device=device)
         t0 = time.perf_counter()
         with (get_backend(backend) if backend else nullcontext()) as be, _progress() as update:

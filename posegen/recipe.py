@@ -9,6 +9,8 @@ wrong field is a clear error naming it (``train.stepz: Extra inputs are not perm
 - ``pose``    — keypoint confidence thresholds (:class:`PoseConfig`).
 - ``filter``  — the quality filter's thresholds (:class:`FilterConfig`).
 - ``augment`` — how many target poses per source image and how they are chosen (:class:`AugmentConfig`).
+- ``latent``  — optional: the default model family (warp + latent diffusion repair,
+  :class:`LatentConfig`); when present, ``posegen train`` trains that model.
 
 Built-in recipes live in the repository's ``recipes/`` folder (installed as ``posegen.recipes``) and
 are found by name (``tiny``, ``cuhk03``); any other value is read as a path to a YAML file.
@@ -32,6 +34,7 @@ __all__ = [
     "PoseConfig",
     "FilterConfig",
     "AugmentConfig",
+    "LatentConfig",
     "load_recipe",
     "builtin_recipes",
 ]
@@ -166,6 +169,12 @@ class SampleConfig(_Strict):
     prior_guidance: float = Field(
         0.0, ge=0, description="pose-prior gradient guidance step (RePoseDM; 0.0 = off)"
     )
+    strength: float = Field(
+        0.4, gt=0, le=1, description="latent model only: SDEdit strength (0 = the warp, 1 = pure noise)"
+    )
+    start: Literal["pixel", "latent"] = Field(
+        "pixel", description="latent model only: SDEdit starts from the encoded pixel warp or the latent warp"
+    )
 
 
 class PoseConfig(_Strict):
@@ -221,6 +230,31 @@ class FilterConfig(_Strict):
         None,
         description="re-ID embedder (OSNet ONNX file) for the identity checks; None skips them (scores NaN)",
     )
+    # Image-artifact checks (posegen.filter.artifacts, scored at 256x128 against the source).
+    # Calibrated by benchmarks/filter_thresholds.py (results in benchmarks/results/filter_thresholds.md)
+    # on real CUHK03 train crops scored against another real image of the same person (must pass)
+    # and on warp-damaged real pairs (limb_flow + warp, no compositing: black holes, torn cross-view
+    # warps). None disables a check (its score is still computed and stored).
+    max_hole_fraction: float | None = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="share of near-black flat pixels in the person box, beyond the source's, above which "
+        "the output has holes (real images: none at all)",
+    )
+    max_seam_fraction: float | None = Field(
+        None,
+        ge=-1,
+        le=1,
+        description="share of body pixels with edges stronger than the source's 99th percentile, beyond the "
+        "source's, above which the output is torn (off by default: it did not separate warp damage from real images)",
+    )
+    min_sharpness_ratio: float | None = Field(
+        0.77,
+        ge=0,
+        description="fine detail per unit of edge energy on the body relative to the source's, below which "
+        "the output is smeared (about the 1st percentile of real same-person images)",
+    )
 
 
 class AugmentConfig(_Strict):
@@ -236,6 +270,40 @@ class AugmentConfig(_Strict):
     prior_threshold: float | None = Field(
         None, description="prior energy above which a target pose is implausible; None = the prior's calibrated one"
     )
+    match_view: bool = Field(
+        False, description="prefer target poses seen from the source's view (facing, torso aspect)"
+    )
+    view_tolerance: float = Field(0.15, ge=0, description="torso-aspect tolerance of a view match")
+    align_targets: bool = Field(
+        True, description="latent model: place each target pose on the source person (translation + scale)"
+    )
+    plausible_only: bool = Field(
+        False, description="sources and targets must pass posegen.pose.plausibility (upright-crop geometry)"
+    )
+
+
+class LatentConfig(_Strict):
+    """posegen's default model family: constrained warp + latent diffusion repair (TAEF2 latents).
+
+    Present in a recipe = ``posegen train`` trains this model (``model``/``train`` are ignored).
+    """
+
+    autoencoder: str | None = Field(
+        None, description="folder with taef2_encoder.pth / taef2_decoder.pth; null = ../shared/weights/taef2 or $POSEGEN_TAEF2_DIR"
+    )
+    steps: int = Field(2400, ge=1)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(2e-4, gt=0)
+    warmup_steps: int = Field(100, ge=0)
+    strength_max: float = Field(0.6, gt=0, le=1, description="training timesteps t < strength_max * T")
+    same_view_weight: float = Field(0.85, ge=0, le=1, description="share of same-camera pairs per batch")
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    checkpoint_every: int = Field(200, ge=1)
+    block_out_channels: list[int] = Field(default_factory=lambda: [64, 128, 128])
+    layers_per_block: int = Field(1, ge=1)
+    attention: bool = True
+    min_keypoints: int = Field(10, ge=1, description="joints with score >= pose.min_score a training pose needs")
+    seed: int = 0
 
 
 class Recipe(_Strict):
@@ -248,6 +316,7 @@ class Recipe(_Strict):
     pose: PoseConfig = PoseConfig()
     filter: FilterConfig = FilterConfig()
     augment: AugmentConfig = AugmentConfig()
+    latent: LatentConfig | None = None
 
     @field_validator("model")
     @classmethod

@@ -4,8 +4,9 @@
 
 1. :func:`posegen.data.load_dataset` — the manifest of DIR (its layout auto-detected);
 2. :func:`posegen.pose.extract.extract_poses` — COCO-17 poses of every image (the pose bank);
-3. the re-posing model: loaded from ``model`` or, when none is given, trained on DIR with the
-   recipe (:func:`posegen.repose.train`);
+3. the re-posing model: loaded from ``model``; when none is given, the default model shipped with
+   posegen (:func:`posegen.repose.default_model_dir`), or, only when ``train_steps`` is given, a
+   pixel-space recipe's model trained on DIR first (:func:`posegen.repose.train`);
 4. :func:`posegen.augment.targets.choose_targets` — K target poses per source image;
 5. :class:`posegen.repose.ReposePipeline` — generation, batched, one seeded noise per image;
 6. :func:`posegen.filter.filter_batch` — sanity, near-copy, pose fidelity (OKS) and identity
@@ -154,9 +155,11 @@ def _copy_file(src: Path, dst: Path) -> None:
         atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
-def _load_model(model: str | os.PathLike):
+def _load_model(model: str | os.PathLike | None):
     from ..repose import load_pipeline
 
+    if model is None:
+        return load_pipeline(None)  # the default model shipped with posegen
     model = Path(model)
     if (model / "model" / "model_index.json").exists():  # a training run folder
         model = model / "model"
@@ -264,7 +267,9 @@ def augment(
             and the training recipe used when no model is given).
         backend: pose backend for the pose bank and for re-estimating poses on outputs.
         model: a trained model (a ``posegen train`` run folder or its ``model/`` pipeline folder);
-            None trains one on DIR with ``recipe`` first, under ``OUT/.posegen/model-run``.
+            None = the default model shipped with posegen, unless ``train_steps`` is given: then a
+            model of ``recipe`` (pixel-space recipes only) is trained on DIR first, under
+            ``OUT/.posegen/model-run``.
         layout: force a layout instead of auto-detection.
         seed: run seed; all choices and noises derive from it and the source paths.
         k: target poses per source (default ``recipe.augment.k``).
@@ -273,7 +278,8 @@ def augment(
             identity check against the pid's other images still uses all of DIR's train split).
         splits: splits whose images are re-posed (query/gallery images are copied, never re-posed).
         num_inference_steps, scheduler: sampler overrides (default ``recipe.sample``).
-        train_steps: overrides ``recipe.train.steps`` when a model is trained here.
+        train_steps: with ``model=None``, train ``recipe``'s model on DIR for this many steps
+            first (never implicit).
         reid_weights: re-ID embedder ONNX file for the identity checks (overrides
             ``recipe.filter.reid_weights``); when neither is given the checks are skipped, their
             scores are NaN and ``run.json`` says so in ``notes``. Never downloaded.
@@ -311,7 +317,10 @@ def augment(
     dataset = load_dataset(root, layout)
     if model is not None and not Path(model).exists():
         raise FileNotFoundError(f"model not found: {model}")
+    if model is None and train_steps is not None and recipe.latent is not None:
+        raise ValueError("augment trains only pixel-space recipes (train_steps); train a latent recipe with `posegen train`")
     embedder = load_embedder(reid)
+    pipe = _load_model(model) if model is not None or train_steps is None else None  # None: the shipped default
     _prepare_out(out, settings, resume, overwrite)
     state = out / STATE_DIR
 
@@ -329,8 +338,8 @@ def augment(
     usable = usable_poses(poses, min_score=recipe.pose.min_score, min_keypoints=recipe.pose.min_keypoints)
     usable_paths = set(poses.loc[usable, "path"])
 
-    # 2. the model
-    if model is None:
+    # 2. the model: the given one, the shipped default, or (train_steps given) one trained on DIR
+    if pipe is None:
         from ..repose import train
 
         run_dir = state / "model-run"
@@ -339,11 +348,13 @@ def augment(
             progress=lambda step, total, logs: progress("train", step, total),
         )  # fmt: skip
         pipe = _load_model(model_dir)
-    else:
-        pipe = _load_model(model)
-    from ..repose import make_scheduler
+    latent_model = bool(getattr(pipe, "returns_source_size", False))
+    if not latent_model:
+        from ..repose import make_scheduler
 
-    pipe.scheduler = make_scheduler(sched, pipe.scheduler.config)
+        pipe.scheduler = make_scheduler(sched, pipe.scheduler.config)
+    if recipe.augment.plausible_only:
+        usable_paths &= _plausible_paths(poses, recipe)
 
     # 3. copy the real images (the enlarged dataset contains them)
     for i, rel in enumerate(manifest["path"], 1):
@@ -357,9 +368,14 @@ def augment(
     bank = manifest[manifest["path"].isin(usable_paths)].copy()
     energy, max_energy = _prior_energies(np.stack(pose_of.loc[bank["path"], "keypoints"].to_list()) if len(bank) else np.zeros((0, 17, 3)), recipe)
     bank["prior_energy"] = energy
+    if recipe.augment.match_view:
+        bank["keypoints"] = pose_of.loc[bank["path"], "keypoints"].to_list()
+        sources = sources.assign(keypoints=pose_of.loc[sources["path"], "keypoints"].to_list())
     tasks = choose_targets(
-        sources, bank, k=k, seed=seed, other_pids=recipe.augment.target_from_other_pids, max_energy=max_energy
-    )
+        sources, bank, k=k, seed=seed, other_pids=recipe.augment.target_from_other_pids, max_energy=max_energy,
+        match_view=recipe.augment.match_view, view_tolerance=recipe.augment.view_tolerance,
+        min_score=recipe.pose.min_score,
+    )  # fmt: skip
 
     # identity references: every source, and the source pids' real train images of DIR
     progress("identity", 0, 1)
@@ -379,7 +395,10 @@ def augment(
     n_parts, total = len(part_files), len(tasks)
     progress("generate", total - len(todo), total)
     bs = recipe.sample.batch_size
-    guidance = _guidance(recipe) if len(todo) else {}
+    if latent_model:
+        guidance = dict(strength=recipe.sample.strength, start=recipe.sample.start, align=recipe.augment.align_targets)
+    else:
+        guidance = _guidance(recipe) if len(todo) else {}
     for start in range(0, len(todo), bs):
         batch = todo.iloc[start : start + bs]
         rows = _generate_batch(batch, pipe, root, out, pose_of, meta, scorer, steps, guidance)
@@ -409,6 +428,19 @@ def augment(
     return result
 
 
+def _plausible_paths(poses: pd.DataFrame, recipe: Recipe) -> set[str]:
+    """Paths whose pose passes :func:`posegen.pose.plausibility.pose_plausibility` (ok poses only)."""
+    from ..pose.plausibility import pose_plausibility
+
+    ok = poses[poses["status"] == "ok"]
+    if not len(ok):
+        return set()
+    kp = np.stack(ok["keypoints"].to_list()).astype(np.float32)
+    sizes = np.stack([ok["width"].to_numpy(), ok["height"].to_numpy()], 1)
+    good, _ = pose_plausibility(kp, sizes, min_score=recipe.pose.min_score, min_keypoints=recipe.pose.min_keypoints)
+    return set(ok["path"][good])
+
+
 def _real_rows(manifest: pd.DataFrame, pose_of: pd.DataFrame) -> pd.DataFrame:
     n = len(manifest)
     nan = np.full(n, np.nan)
@@ -427,7 +459,15 @@ def _unusable_reason(pose_row: pd.Series, recipe: Recipe) -> str:
     if pose_row["status"] != "ok":
         return f"source pose unavailable: {pose_row['reason']}"
     n = num_confident(pose_row["keypoints"], recipe.pose.min_score)
-    return f"source pose has {n} keypoints (< {recipe.pose.min_keypoints})"
+    if n < recipe.pose.min_keypoints:
+        return f"source pose has {n} keypoints (< {recipe.pose.min_keypoints})"
+    from ..pose.plausibility import pose_plausibility
+
+    _, why = pose_plausibility(
+        np.asarray(pose_row["keypoints"], np.float32), (int(pose_row["width"]), int(pose_row["height"])),
+        min_score=recipe.pose.min_score, min_keypoints=recipe.pose.min_keypoints,
+    )  # fmt: skip
+    return f"implausible source pose: {why[0]}"
 
 
 def _row(source: str, meta: pd.DataFrame, **fields) -> dict:
@@ -487,22 +527,29 @@ def _generate_batch(batch, pipe, root, out, pose_of, meta, scorer: _Scorer, step
             tgt_kp.append(pose_of.loc[tgt, "keypoints"])
             tgt_sizes.append((int(pose_of.loc[tgt, "width"]), int(pose_of.loc[tgt, "height"])))
             gens.append(torch.Generator().manual_seed(int(s)))
-        prior_guided = guidance.get("prior_guidance_scale", 0.0) > 0
+        latent_model = bool(getattr(pipe, "returns_source_size", False))
+        # the sampler may move the target joints (prior guidance, alignment onto the source
+        # person): score against the pose it used
+        used = latent_model or guidance.get("prior_guidance_scale", 0.0) > 0
         result = pipe(
             source_images=images, source_keypoints=np.stack(src_kp), target_keypoints=np.stack(tgt_kp),
-            target_sizes=tgt_sizes, num_inference_steps=steps, generator=gens, output_type="pt",
-            return_keypoints=prior_guided, **guidance,
+            target_sizes=tgt_sizes, num_inference_steps=steps, generator=gens,
+            output_type="np" if latent_model else "pt", return_keypoints=used, **guidance,
         )  # fmt: skip
-        # with prior guidance the sampler moves the target joints: score against the pose it used
-        result, used_kp = result if prior_guided else (result, None)
-        outputs = ((result.float().cpu() + 1.0) / 2.0).permute(0, 2, 3, 1).numpy()  # [B, h, w, 3] in [0, 1]
+        result, used_kp = result if used else (result, None)
+        if latent_model:  # uint8 images at each source's size
+            outputs = [np.asarray(r, dtype=np.float32) / 255.0 for r in result]
+        else:
+            outputs = ((result.float().cpu() + 1.0) / 2.0).permute(0, 2, 3, 1).numpy()  # [B, h, w, 3] in [0, 1]
         scored, data = [], []
         for i, j in enumerate(gen):
             h, w = images[i].shape[:2]
             raw = outputs[i]
             if np.isfinite(raw).all():
                 u8 = np.clip(np.round(raw * 255.0), 0, 255).astype(np.uint8)
-                img = Image.fromarray(u8).resize((w, h), Image.BICUBIC)  # back to the source's size
+                img = Image.fromarray(u8)
+                if img.size != (w, h):
+                    img = img.resize((w, h), Image.BICUBIC)  # back to the source's size
                 b = encode_image(img, Path(batch["source"].iloc[j]).suffix)
                 scored.append(_decode(b))  # scored exactly as written (see the module docstring)
                 data.append(b)

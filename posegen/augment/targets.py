@@ -8,10 +8,91 @@ import pandas as pd
 from .._io import stable_seed
 from ..filter.scores import IMPLAUSIBLE_TARGET
 
-__all__ = ["choose_targets", "TARGET_COLUMNS"]
+__all__ = ["choose_targets", "pose_view", "TARGET_COLUMNS", "DEFAULT_SIDE_RATIO", "DEFAULT_VIEW_TOLERANCE"]
 
 #: Columns of :func:`choose_targets`' result.
 TARGET_COLUMNS = ["source", "k", "target", "seed", "prior_energy", "reason"]
+
+#: :func:`pose_view`: a pose whose left-right x offset is below this many torso lengths is side-on.
+DEFAULT_SIDE_RATIO = 0.15
+
+#: :func:`choose_targets`: largest torso-aspect difference (shoulder width / torso length) of a
+#: view-matched target.
+DEFAULT_VIEW_TOLERANCE = 0.15
+
+
+def pose_view(keypoints, min_score: float = 0.5, *, side_ratio: float = DEFAULT_SIDE_RATIO) -> dict[str, np.ndarray]:
+    """Which way each pose faces, and how wide its torso looks, from shoulders and hips.
+
+    For a person facing the camera the person's left shoulder (and hip) is on the image's right,
+    so ``l_shoulder.x > r_shoulder.x``. The signed offset ``dx`` is the mean of
+    ``l_shoulder.x - r_shoulder.x`` and ``l_hip.x - r_hip.x`` over the pairs whose two joints are
+    present (``score >= min_score``), divided by the torso length (neck = midpoint of the present
+    shoulders, to the midpoint of the present hips).
+
+    Args:
+        keypoints: ``float [17, 3]`` or ``[N, 17, 3]`` COCO-17 ``(x, y, score)``, pixels, x right,
+            y down.
+        min_score: a joint is present when ``score >= min_score``.
+        side_ratio: ``|dx|`` below this (in torso lengths) counts as a side view (facing 0).
+
+    Returns:
+        A dict of arrays of length ``N`` (1 for a single pose):
+
+        - ``"facing"``: ``int8``, ``+1`` front-ish (``dx >= side_ratio``), ``-1`` back-ish
+          (``dx <= -side_ratio``), ``0`` side-on or unknown;
+        - ``"dx"``: ``float32``, the signed offset in torso lengths; NaN when unknown (no complete
+          shoulder or hip pair, or no shoulder and hip to measure the torso);
+        - ``"aspect"``: ``float32``, shoulder width / torso length; NaN unless both shoulders and a
+          hip are present.
+
+    Raises:
+        ValueError: ``keypoints`` is not ``[17, 3]`` / ``[N, 17, 3]``.
+    """
+    kp = np.asarray(keypoints, dtype=np.float64)
+    if kp.ndim == 2:
+        kp = kp[None]
+    if kp.ndim != 3 or kp.shape[1:] != (17, 3):
+        raise ValueError(f"keypoints must have shape [17, 3] or [N, 17, 3] (COCO-17 x, y, score), got {np.shape(keypoints)}")
+    pres = kp[..., 2] >= min_score
+    xy = kp[..., :2]
+
+    def mid(a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        cnt = pres[:, a].astype(float) + pres[:, b]
+        tot = xy[:, a] * pres[:, a, None] + xy[:, b] * pres[:, b, None]
+        return tot / np.maximum(cnt, 1)[:, None], cnt > 0
+
+    neck, has_sh = mid(5, 6)
+    hip, has_hip = mid(11, 12)
+    torso = np.where(has_sh & has_hip, np.linalg.norm(neck - hip, axis=1), np.nan)
+    torso = np.where(torso > 0, torso, np.nan)
+    pair_sh = pres[:, 5] & pres[:, 6]
+    pair_hip = pres[:, 11] & pres[:, 12]
+    d_sh = xy[:, 5, 0] - xy[:, 6, 0]
+    d_hip = xy[:, 11, 0] - xy[:, 12, 0]
+    n_pairs = pair_sh.astype(float) + pair_hip
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dx = np.where(n_pairs > 0, (d_sh * pair_sh + d_hip * pair_hip) / np.maximum(n_pairs, 1), np.nan) / torso
+        aspect = np.where(pair_sh, np.linalg.norm(xy[:, 5] - xy[:, 6], axis=1), np.nan) / torso
+    facing = np.zeros(len(kp), dtype=np.int8)
+    facing[dx >= side_ratio] = 1
+    facing[dx <= -side_ratio] = -1
+    return {"facing": facing, "dx": dx.astype(np.float32), "aspect": aspect.astype(np.float32)}
+
+
+def _views(frame: pd.DataFrame, min_score: float) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(facing int8, known bool, aspect float) of a frame's rows from ``facing``/``aspect`` columns
+    or its ``keypoints`` column; None when it has neither."""
+    if "facing" in frame.columns and "aspect" in frame.columns:
+        facing = frame["facing"].to_numpy(dtype=np.float64)
+        known = np.isfinite(facing)
+        return np.nan_to_num(facing).astype(np.int8), known, frame["aspect"].to_numpy(dtype=np.float64)
+    if "keypoints" in frame.columns:
+        if len(frame) == 0:
+            return np.zeros(0, np.int8), np.zeros(0, bool), np.zeros(0)
+        v = pose_view(np.stack(frame["keypoints"].to_list()), min_score)
+        return v["facing"], np.isfinite(v["dx"]), v["aspect"].astype(np.float64)
+    return None
 
 
 def choose_targets(
@@ -22,6 +103,9 @@ def choose_targets(
     seed: int,
     other_pids: bool = True,
     max_energy: float | None = None,
+    match_view: bool = False,
+    view_tolerance: float = DEFAULT_VIEW_TOLERANCE,
+    min_score: float = 0.5,
 ) -> pd.DataFrame:
     """Draw ``k`` target poses for every source image, skipping implausible ones.
 
@@ -34,29 +118,68 @@ def choose_targets(
     ``target`` the implausible candidate drawn for them. When a source has fewer candidates than
     ``k`` at all, plausible targets are drawn again (with replacement, seeded).
 
+    With ``match_view``, the same seeded order is split (stably) in two: the candidates that match
+    the source's view come first — same facing (:func:`pose_view`: front, back or side) and a torso
+    aspect within ``view_tolerance`` of the source's (not checked when either aspect is unknown) —
+    then the others; so the others are used only when fewer than ``k`` plausible candidates match.
+    A source whose view is unknown (no shoulder or hip pair) keeps the plain order. The choice
+    still depends only on ``(seed, source path)`` and the bank.
+
     Args:
         sources: DataFrame with ``path`` and ``pid`` of the images to re-pose.
         bank: DataFrame with ``path`` and ``pid`` of the usable target poses (see
             :func:`usable_poses`), optionally ``prior_energy`` (float, lower = more plausible, NaN =
-            unknown, which counts as plausible); sorted internally by path for determinism.
+            unknown, which counts as plausible), optionally ``plausible`` (bool, e.g. from
+            :func:`posegen.pose.plausibility.pose_plausibility`; False excludes the target as a too
+            high energy does, missing/NaN counts as plausible); for ``match_view`` either
+            ``keypoints`` (``float32 [17, 3]`` cells, COCO-17, pixels) or precomputed ``facing``
+            (-1/0/+1, NaN = unknown) and ``aspect`` columns; sorted internally by path for
+            determinism.
         k: targets per source.
         seed: run seed.
         other_pids: draw from other identities' images when there are any (otherwise, or as a
             fallback, from any other image). A source's own image is never its target.
         max_energy: a target with ``prior_energy > max_energy`` is implausible; None accepts all.
+        match_view: put the candidates with the source's view first (see above). The source's view
+            comes from its own ``keypoints`` or ``facing``/``aspect`` columns in ``sources`` when
+            present, else from its row in ``bank`` (unknown when it is in neither).
+        view_tolerance: largest ``|aspect(target) - aspect(source)|`` of a matching target.
+        min_score: joint confidence for :func:`pose_view` (``match_view`` only).
 
     Returns:
         DataFrame :data:`TARGET_COLUMNS`: ``source, k, target, seed, prior_energy, reason`` with
         ``k`` rows per source that has at least one candidate (``k`` is 1-based; ``seed`` is the
         per-image generation seed; ``reason`` is ``""`` for a row to generate).
+
+    Raises:
+        ValueError: ``match_view`` and ``bank`` has neither ``keypoints`` nor ``facing`` and
+            ``aspect`` columns.
     """
     bank = bank.sort_values("path").reset_index(drop=True)
     bank_paths = bank["path"].to_numpy()
     bank_pids = bank["pid"].to_numpy()
     energy = bank["prior_energy"].to_numpy(dtype=np.float64) if "prior_energy" in bank else np.full(len(bank), np.nan)
     plausible = ~(energy > max_energy) if max_energy is not None else np.ones(len(bank), dtype=bool)
+    if "plausible" in bank.columns:
+        plausible &= bank["plausible"].astype(object).where(bank["plausible"].notna(), True).astype(bool).to_numpy()
+    if match_view:
+        bank_view = _views(bank, min_score)
+        if bank_view is None:
+            raise ValueError("match_view needs a 'keypoints' column (or 'facing' and 'aspect' columns) in the bank")
+        b_facing, b_known, b_aspect = bank_view
+        src_view = _views(sources, min_score)
+        if src_view is None:  # look the sources up in the bank
+            row_of = {p: i for i, p in enumerate(bank_paths)}
+            at = np.array([row_of.get(p, -1) for p in sources["path"]], dtype=np.int64)
+            inb = at >= 0
+            src_view = (
+                np.where(inb, b_facing[at], 0).astype(np.int8),
+                np.where(inb, b_known[at], False),
+                np.where(inb, b_aspect[at], np.nan),
+            )
+        s_facing, s_known, s_aspect = src_view
     rows = []
-    for src, pid in zip(sources["path"], sources["pid"]):
+    for i_src, (src, pid) in enumerate(zip(sources["path"], sources["pid"])):
         cand = bank_paths != src
         if other_pids and (cand & (bank_pids != pid)).any():
             cand &= bank_pids != pid
@@ -65,6 +188,11 @@ def choose_targets(
             continue
         rng = np.random.default_rng(stable_seed(seed, src, "targets"))
         order = rng.permutation(idx)
+        if match_view and s_known[i_src]:
+            same = b_known[order] & (b_facing[order] == s_facing[i_src])
+            gap = np.abs(b_aspect[order] - s_aspect[i_src])
+            same &= ~(gap > view_tolerance)  # NaN (unknown aspect) does not count against
+            order = np.concatenate([order[same], order[~same]])
         good = order[plausible[order]]
         picks: list[tuple[int, str]] = [(int(t), "") for t in good[:k]]
         if len(picks) < k:

@@ -1,21 +1,32 @@
-"""Quality filter, version 2: sanity, pose fidelity, near-copies and identity of generated images.
+"""Quality filter, version 2: sanity, image artifacts, pose fidelity, near-copies and identity.
 
 A generated image is kept when every check below passes. A rejection has exactly one reason, the
 first failing check in this order (the order is part of the contract: reports and tests rely on it):
 
 1. ``"non-finite output"`` — the sampler produced NaN/inf values;
 2. ``"blank output"`` — pixel standard deviation (0..1 scale) below ``min_std``;
-3. ``"target pose empty"`` — the target has no joint with score >= ``min_score``;
-4. ``"near-copy of source (SSIM >= t)"`` — the output is (nearly) the source image although the
+3. ``"holes in output (hole fraction > t)"`` — the share of near-black flat pixels in the target's
+   person box exceeds the source's share by more than ``max_hole_fraction`` (warp holes);
+4. ``"torn seams (seam fraction > t)"`` — the share of the target's body whose contrast-normalised
+   gradient exceeds the source's 99th percentile, beyond the source's, is above
+   ``max_seam_fraction`` (None by default: measured, stored, not decided on);
+5. ``"smeared output (sharpness ratio < t)"`` — fine detail per unit of edge energy on the body,
+   relative to the source's, below ``min_sharpness_ratio``.
+   The three artifact checks (:mod:`posegen.filter.artifacts`, computed at 256x128) need the source
+   image and both poses with >= 2 present joints; otherwise their scores are NaN and they are not
+   applied. They come before the pose checks because a torn image often also fails those, and
+   "holes" / "smear" is the more useful diagnosis;
+6. ``"target pose empty"`` — the target has no joint with score >= ``min_score``;
+7. ``"near-copy of source (SSIM >= t)"`` — the output is (nearly) the source image although the
    target pose differs from the source pose: SSIM(output, source) >= ``max_source_ssim``, both
    resized to the comparison frame (the model's resolution in ``augment``), applied only when
    OKS(source pose, target pose) in that frame is < ``copy_pose_oks``. It comes before the pose
    checks because a copied source usually also fails them, and "copy" is the more useful diagnosis;
-5. ``"no person found in output"`` — the pose backend finds no person (OKS recorded as 0);
-6. ``"low pose fidelity (OKS < t)"`` — OKS(target, pose re-estimated on the output) < ``min_oks``;
-7. ``"low identity (source similarity < t)"`` — cosine of the re-ID embeddings of output and source
+8. ``"no person found in output"`` — the pose backend finds no person (OKS recorded as 0);
+9. ``"low pose fidelity (OKS < t)"`` — OKS(target, pose re-estimated on the output) < ``min_oks``;
+10. ``"low identity (source similarity < t)"`` — cosine of the re-ID embeddings of output and source
    below ``min_identity``;
-8. ``"low identity (similarity to other images < t)"`` — mean cosine between the output and the
+11. ``"low identity (similarity to other images < t)"`` — mean cosine between the output and the
    identity's *other* real images below ``min_identity_others`` (not applied when there are none).
 
 Before generation, :func:`posegen.augment.choose_targets` rejects target poses the pose prior finds
@@ -55,6 +66,7 @@ import numpy as np
 import pandas as pd
 
 from ..metrics import oks, pck, ssim
+from .artifacts import artifact_scores
 from ..pose.backends import NoPersonFound, PoseBackend
 from ..pose.keypoints import empty_keypoints, scale_keypoints
 from ..repose.render import resize_image
@@ -78,6 +90,9 @@ IMPLAUSIBLE_TARGET = "implausible target pose"
 REASON_ORDER = (
     "non-finite output",
     "blank output",
+    "holes in output",
+    "torn seams",
+    "smeared output",
     "target pose empty",
     "near-copy of source",
     "no person found in output",
@@ -89,7 +104,7 @@ REASON_ORDER = (
 #: Columns of :func:`filter_batch`'s result (all scores, then the decision).
 FILTER_COLUMNS = [
     "oks", "pck", "std", "n_keypoints", "identity_sim", "identity_sim_others", "source_ssim",
-    "source_pose_oks", "prior_energy", "kept", "reason",
+    "source_pose_oks", "hole_fraction", "seam_fraction", "sharpness_ratio", "prior_energy", "kept", "reason",
 ]  # fmt: skip
 
 #: PCK stored with every output: PCKh@0.5 (head-box reference, as PATN / PIDM report it).
@@ -114,6 +129,8 @@ class FilterScores:
         identity_sim_others: mean cosine to the identity's other real images.
         source_ssim: SSIM(output, source) in the comparison frame.
         source_pose_oks: OKS(source pose, target pose) in the comparison frame.
+        hole_fraction, seam_fraction, sharpness_ratio: image-artifact scores against the source
+            (:mod:`posegen.filter.artifacts`).
         prior_energy: the target pose's prior energy (stored only; decided before generation).
     """
 
@@ -128,6 +145,9 @@ class FilterScores:
     identity_sim_others: float = _NAN
     source_ssim: float = _NAN
     source_pose_oks: float = _NAN
+    hole_fraction: float = _NAN
+    seam_fraction: float = _NAN
+    sharpness_ratio: float = _NAN
     prior_energy: float = _NAN
 
 
@@ -143,8 +163,25 @@ def _as_uint8(img: np.ndarray) -> np.ndarray:
     return np.clip(np.round(img.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
 
 
+def _artifact_reason(s: dict, cfg) -> str:
+    """The first failing image-artifact check (checks 3-5 of the module docstring), or ``""``."""
+    t = getattr(cfg, "max_hole_fraction", None)
+    if t is not None and np.isfinite(s["hole_fraction"]) and s["hole_fraction"] > t:
+        return f"holes in output (hole fraction > {t:g})"
+    t = getattr(cfg, "max_seam_fraction", None)
+    if t is not None and np.isfinite(s["seam_fraction"]) and s["seam_fraction"] > t:
+        return f"torn seams (seam fraction > {t:g})"
+    t = getattr(cfg, "min_sharpness_ratio", None)
+    if t is not None and np.isfinite(s["sharpness_ratio"]) and s["sharpness_ratio"] < t:
+        return f"smeared output (sharpness ratio < {t:g})"
+    return ""
+
+
 def _reason(s: dict, cfg, min_score: float, target: np.ndarray) -> str:
     """The first failing check (module docstring order) for finite, non-blank outputs."""
+    art = _artifact_reason(s, cfg)
+    if art:
+        return art
     if not (np.asarray(target)[:, 2] >= min_score).any():
         return "target pose empty"
     if (
@@ -186,11 +223,13 @@ def filter_batch(
         outputs: ``N`` generated images, each ``uint8 [H_i, W_i, 3]`` RGB or ``float [H_i, W_i, 3]``
             in ``[0, 1]`` (non-finite values are detected), or one ``[N, H, W, 3]`` array.
         sources: ``N`` source images ``uint8 [h_i, w_i, 3]`` (any size: resized to the comparison
-            frame with a plain bicubic resize), or None to skip the near-copy check.
+            frame with a plain bicubic resize), or None to skip the near-copy and image-artifact
+            checks.
         source_keypoints: ``float [N, 17, 3]`` COCO-17 source poses, pixels of ``sources[i]``
             (ignored when ``sources`` is None).
         target_keypoints: ``float [N, 17, 3]`` target poses, pixels of ``outputs[i]``.
         config: a :class:`posegen.recipe.FilterConfig` (thresholds ``min_oks``, ``min_std``,
+            ``max_hole_fraction``, ``max_seam_fraction``, ``min_sharpness_ratio``,
             ``min_identity``, ``min_identity_others``, ``max_source_ssim``, ``copy_pose_oks``).
         backend: pose backend that re-estimates each output's pose.
         embedder: a :class:`posegen.metrics.ReidEmbedder`, or None to skip the identity checks.
@@ -234,7 +273,7 @@ def filter_batch(
         f = _as_float01(img)
         row = dict(
             oks=_NAN, pck=_NAN, std=_NAN, n_keypoints=-1, identity_sim=_NAN, identity_sim_others=_NAN,
-            source_ssim=_NAN, source_pose_oks=_NAN, prior_energy=float(energies[i]), kept=False, reason="",
+            source_ssim=_NAN, source_pose_oks=_NAN, hole_fraction=_NAN, seam_fraction=_NAN, sharpness_ratio=_NAN, prior_energy=float(energies[i]), kept=False, reason="",
             keypoints=empty_keypoints(),
         )  # fmt: skip
         rows.append(row)
@@ -273,6 +312,8 @@ def filter_batch(
             s_kp = scale_keypoints(src_kp[i], (sw, sh), (w, h))
             t_kp = scale_keypoints(tgt[i], (ow, oh), (w, h))
             rows[i]["source_pose_oks"] = oks(s_kp, t_kp, min_score=min_score)
+            # image artifacts (holes, seams, smears) against the source, in the 256x128 working frame
+            rows[i].update(artifact_scores(u8[i], np.asarray(srcs[i], dtype=np.uint8), tgt[i], src_kp[i], min_score=min_score))
     # identity
     if embedder is not None and finite:
         out_emb = embedder.embed([u8[i] for i in finite])
@@ -331,7 +372,7 @@ def score_output(
         config: a :class:`posegen.recipe.FilterConfig` for the other thresholds (default: its
             defaults).
         source, source_keypoints: the source image ``uint8 [h, w, 3]`` and its pose (pixels of
-            ``source``) for the near-copy check; None skips it.
+            ``source``) for the near-copy and image-artifact checks; None skips them.
         embedder, source_embedding, others_embeddings: identity checks, as in :func:`filter_batch`
             (``source_embedding`` ``float32 [D]``, ``others_embeddings`` ``float32 [M, D]``).
         frame_hw: comparison frame of the near-copy check, as in :func:`filter_batch`.
@@ -356,5 +397,6 @@ def score_output(
         keypoints=r["keypoints"], kept=bool(r["kept"]), reason=str(r["reason"]), pck=float(r["pck"]),
         identity_sim=float(r["identity_sim"]), identity_sim_others=float(r["identity_sim_others"]),
         source_ssim=float(r["source_ssim"]), source_pose_oks=float(r["source_pose_oks"]),
-        prior_energy=float(r["prior_energy"]),
+        hole_fraction=float(r["hole_fraction"]), seam_fraction=float(r["seam_fraction"]),
+        sharpness_ratio=float(r["sharpness_ratio"]), prior_energy=float(r["prior_energy"]),
     )  # fmt: skip

@@ -11,7 +11,8 @@ disentangled classifier-free guidance and optional pose-prior gradient guidance.
 
 from .model import ReposeUNet
 from .pairs import PairDataset, make_pairs
-from .pipeline import ReposePipeline, load_pipeline
+from .latent_pipeline import LatentReposePipeline, load_latent_pipeline
+from .pipeline import ReposePipeline, default_model_dir, load_pipeline
 from .render import POSE_CHANNELS, pose_to_rgb, render_pose, render_poses
 from .schedulers import SCHEDULERS, make_scheduler
 from .train import TrainingError, condition_dropout, denoising_loss, train
@@ -20,6 +21,9 @@ __all__ = [
     "ReposeUNet",
     "ReposePipeline",
     "load_pipeline",
+    "default_model_dir",
+    "LatentReposePipeline",
+    "load_latent_pipeline",
     "make_scheduler",
     "SCHEDULERS",
     "render_pose",

@@ -98,13 +98,17 @@ def pair_output_name(frm: str, to: str) -> str:
     return f"{PurePosixPath(frm.replace(os.sep, '/')).stem}__{PurePosixPath(to.replace(os.sep, '/')).stem}.png"
 
 
-def resolve_model_dir(model: str | os.PathLike) -> Path:
+def resolve_model_dir(model: str | os.PathLike | None) -> Path:
     """The saved pipeline folder of ``model``: a ``posegen train`` run folder (its ``model/``) or
-    the pipeline folder itself.
+    the pipeline folder itself; None = the default model shipped with posegen.
 
     Raises:
         FileNotFoundError: ``model`` does not exist (named).
     """
+    if model is None:
+        from .pipeline import default_model_dir
+
+        model = default_model_dir()
     model = Path(model)
     if not model.exists():
         raise FileNotFoundError(f"model not found: {model}")
@@ -290,6 +294,8 @@ def repose_pairs(
     if min_score is None:
         min_score = float(getattr(pipe.unet.config, "min_score", 0.5))
     extra = _guidance_kwargs(pipe, pose_guidance_scale, appearance_guidance_scale)
+    if getattr(pipe, "returns_source_size", False):
+        extra["align"] = False  # the protocol's target pose is where the real target image has it
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = out_dir / MANIFEST_NAME
 
@@ -322,7 +328,7 @@ def repose_pairs(
             output_type="np",
             **extra,
         )
-        images = np.asarray(result.images if hasattr(result, "images") else result)
+        images = result.images if hasattr(result, "images") else result  # a list when sizes differ
         for job, img in zip(batch, images):
             name = pair_output_name(pair_df.at[job.row, "from"], pair_df.at[job.row, "to"])
             atomic_save_image(Image.fromarray(img), out_dir / name)

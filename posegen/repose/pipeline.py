@@ -31,7 +31,13 @@ from .model import ReposeUNet
 from .render import images_to_tensor, render_poses_tensor, tensor_to_uint8
 from .schedulers import make_scheduler
 
-__all__ = ["ReposePipeline", "load_pipeline"]
+__all__ = ["ReposePipeline", "load_pipeline", "default_model_dir"]
+
+
+def default_model_dir() -> Path:
+    """The default re-posing model shipped inside the package (``posegen/repose/default_model``:
+    a :class:`~posegen.repose.latent_pipeline.LatentReposePipeline`, see its ``README.md``)."""
+    return Path(__file__).resolve().parent / "default_model"
 
 
 def _check_local_pipeline(path: str | os.PathLike) -> Path:
@@ -372,11 +378,16 @@ def load_pipeline(
     scheduler: str | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
-) -> ReposePipeline:
-    """Load a trained re-posing model folder (a saved :class:`ReposePipeline`), offline.
+    autoencoder: str | os.PathLike | None = None,
+):
+    """Load a trained re-posing model folder, offline: a saved :class:`ReposePipeline`, or a
+    :class:`~posegen.repose.latent_pipeline.LatentReposePipeline` (posegen's default model family,
+    recognised by ``model_index.json``'s ``_class_name``).
 
     Args:
-        path: the folder (``model_index.json`` + ``unet/`` + ``scheduler/``), e.g. ``RUN/model``.
+        path: the folder (``model_index.json`` + ``unet/`` + ``scheduler/``), e.g. ``RUN/model``;
+            None = the default model shipped with posegen (:func:`default_model_dir`).
+        autoencoder: latent models only: the TAEF2 folder (None = the default location).
         scheduler: None to keep the saved sampler, or a name of :data:`SCHEDULERS` to switch to it
             (same forward process and prediction type as the saved one).
         device: where to run (``"cpu"``, ``"cuda"``, ...).
@@ -384,8 +395,25 @@ def load_pipeline(
 
     Raises:
         FileNotFoundError: missing folder or files (named in the message).
-        ValueError: unknown scheduler name.
+        ValueError: unknown scheduler name; unreadable or mismatched model files.
     """
+    path = default_model_dir() if path is None else path
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"re-posing model folder not found: {path}")
+    index = Path(path) / "model_index.json"
+    if index.is_file():
+        import json
+
+        try:
+            cls_name = json.loads(index.read_text()).get("_class_name")
+        except (ValueError, OSError) as exc:
+            raise ValueError(f"cannot read {index}: {exc}") from exc
+        if cls_name == "LatentReposePipeline":
+            from .latent_pipeline import load_latent_pipeline
+
+            if scheduler not in (None, "ddim"):
+                raise ValueError(f"the latent model samples with ddim only, got scheduler {scheduler!r}")
+            return load_latent_pipeline(path, autoencoder=autoencoder, device=device, dtype=dtype)
     pipe = ReposePipeline.from_pretrained(path)
     if scheduler is not None:
         pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)

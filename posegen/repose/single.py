@@ -87,7 +87,8 @@ def repose_one(
     from ..pose.backends import NoPersonFound
     from .batch import _guidance_kwargs, model_sample_config, resolve_model_dir
 
-    model, source, target_pose = Path(model), Path(source), Path(target_pose)
+    model = resolve_model_dir(model)
+    source, target_pose = Path(source), Path(target_pose)
     for p in (model, source, target_pose):
         if not p.exists():
             raise FileNotFoundError(f"not found: {p}")

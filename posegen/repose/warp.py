@@ -71,6 +71,10 @@ __all__ = [
     "limb_flow",
     "warp",
     "identity_grid",
+    "composite",
+    "align_pose",
+    "body_mask",
+    "fill_masked",
 ]
 
 #: Limb bones as ``(name, (joint a, joint b))`` in COCO-17 indices.
@@ -299,6 +303,27 @@ def _scale_ok(A, max_scale: float):
     return (sv[..., 0] <= max_scale) & (sv[..., 1] >= 1.0 / max_scale)
 
 
+def _axes(P: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+    """``[B, 18, 2]`` points (with the neck) -> ``[B, 3, 2]``: neck, mid-hip, face centre (mean of
+    the face points present in both poses; zeros when absent, see :func:`_axes_present`)."""
+    mid_hip = (P[:, 11] + P[:, 12]) / 2.0
+    fm = shared[:, :5].to(P.dtype)
+    face = (P[:, :5] * fm[..., None]).sum(1) / fm.sum(1).clamp_min(1.0)[:, None]
+    return torch.stack([P[:, _NECK], mid_hip, face], 1)
+
+
+def _axes_present(shared: torch.Tensor) -> torch.Tensor:
+    """Presence ``[B, 3]`` of the points of :func:`_axes`."""
+    return torch.stack([shared[:, _NECK], shared[:, 11] & shared[:, 12], shared[:, :5].any(1)], 1)
+
+
+def _clamp_scale(A, max_scale: float):
+    """``A`` with its singular values clamped into ``[1 / max_scale, max_scale]`` (same rotations)."""
+    U, sv, Vh = torch.linalg.svd(A)
+    sv = sv.clamp(1.0 / max_scale, max_scale)
+    return U @ torch.diag_embed(sv) @ Vh
+
+
 # --------------------------------------------------------------------------- distances
 def _segment_sqdist(X, Y, a, b):
     """Squared distance from pixel centres ``(X, Y)`` (``[h, w]``-broadcastable) to segments ``a-b``
@@ -364,6 +389,9 @@ def limb_flow(
     min_score: float = 0.5,
     softness: float = 0.04,
     max_part_scale: float = 4.0,
+    scale_mode: str = "drop",
+    torso_max_anisotropy: float | None = None,
+    view_robust: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense target->source flow from per-part transforms fitted on the keypoints (see the module).
 
@@ -376,8 +404,23 @@ def limb_flow(
         softness: the soft-assignment temperature ``tau`` as a fraction of the target person's
             scale (:func:`person_scale`); smaller = sharper part boundaries. With the default, a
             part 3.75 tau away from a pixel (5 px for a 128 px tall person) pulls it by < 0.1 %.
-        max_part_scale: a part transform scaling by more than this (or less than its inverse) is
-            not used.
+        max_part_scale: the bound on a part transform's scale (singular values outside
+            ``[1 / max_part_scale, max_part_scale]``).
+        scale_mode: what happens to a part transform outside that bound: ``"drop"`` (the part is
+            not used; the original behaviour) or ``"clamp"`` (its singular values are clamped into
+            the bound, keeping rotation and the part's anchor point, so a foreshortened limb is
+            moved but never zoomed: the bounded part transforms of posegen's default model).
+        torso_max_anisotropy: None keeps the free least-squares affine torso. A number: the torso
+            uses the affine fit only when it has no reflection (``det > 0``) and the ratio of its
+            singular values is at most this; otherwise (a change of view, e.g. a side-view torso
+            fitted onto a back view) it falls back to the least-squares similarity, which cannot
+            stretch the torso.
+        view_robust: fit the torso's similarity fallback and the head's similarity on their
+            *axes* (neck -> mid-hip; neck -> centre of the present face points) instead of on all
+            their points. Axes do not depend on left/right, so when the view flips (a front-view
+            source, a back-view target: left and right shoulders swap sides) the torso and head
+            are not rotated upside down; the head is kept upright (scale and translation only,
+            the neck mapped onto the neck).
 
     Returns:
         ``(grid, weight)``: ``grid`` ``float32 [B, h, w, 2]``, for every target-frame pixel the
@@ -389,8 +432,10 @@ def limb_flow(
 
     Raises:
         ValueError: keypoints not ``[B, 17, 3]`` or batch sizes differ, non-positive ``out_hw``,
-            ``softness <= 0`` or ``max_part_scale <= 1``.
+            ``softness <= 0`` or ``max_part_scale <= 1``, an unknown ``scale_mode``.
     """
+    if scale_mode not in ("drop", "clamp"):
+        raise ValueError(f"scale_mode must be 'drop' or 'clamp', got {scale_mode!r}")
     device = source_kp.device if isinstance(source_kp, torch.Tensor) else (
         target_kp.device if isinstance(target_kp, torch.Tensor) else None
     )
@@ -416,21 +461,53 @@ def limb_flow(
     ia = [a for _, (a, _) in BONES]
     ib = [bb for _, (_, bb) in BONES]
     bone_idx = torch.tensor([ia, ib], device=dev).T  # [8, 2]
+    clamp = scale_mode == "clamp"
+
+    def bound(A, c, ok, T_pts, m):
+        if not clamp:
+            return A, c, ok & _scale_ok(A, max_part_scale)
+        A2 = _clamp_scale(A, max_part_scale)
+        # keep the part's anchor (its target centroid) mapping where it did
+        n = m.to(T_pts.dtype).sum(-1).clamp_min(1.0)[..., None]
+        tm = (T_pts * m[..., None].to(T_pts.dtype)).sum(-2) / n
+        c2 = c + ((A - A2) @ tm[..., None])[..., 0]
+        return A2, c2, ok
+
     A_b, c_b, ok_b = _fit_similarity(T[:, bone_idx], S[:, bone_idx], shared[:, bone_idx])
-    ok_b = ok_b & _scale_ok(A_b, max_part_scale)
+    A_b, c_b, ok_b = bound(A_b, c_b, ok_b, T[:, bone_idx], shared[:, bone_idx])
 
     ti = list(_TORSO)
     A_ta, c_ta, ok_ta = _fit_affine(T[:, ti], S[:, ti], shared[:, ti])
-    ok_ta = ok_ta & _scale_ok(A_ta, max_part_scale)
-    A_ts, c_ts, ok_ts = _fit_similarity(T[:, ti], S[:, ti], shared[:, ti])
-    ok_ts = ok_ts & _scale_ok(A_ts, max_part_scale)
+    if torso_max_anisotropy is not None:
+        sv = torch.linalg.svdvals(A_ta)
+        ok_ta = ok_ta & (torch.linalg.det(A_ta) > 0) & (sv[..., 0] <= torso_max_anisotropy * sv[..., 1])
+    A_ta, c_ta, ok_ta = bound(A_ta, c_ta, ok_ta, T[:, ti], shared[:, ti])
+    if view_robust:
+        Ta, Sa = _axes(T, shared), _axes(S, shared)
+        ma = _axes_present(shared)
+        A_ts, c_ts, ok_ts = _fit_similarity(Ta[:, :2], Sa[:, :2], ma[:, :2])
+        A_ts, c_ts, ok_ts = bound(A_ts, c_ts, ok_ts, Ta[:, :2], ma[:, :2])
+    else:
+        A_ts, c_ts, ok_ts = _fit_similarity(T[:, ti], S[:, ti], shared[:, ti])
+        A_ts, c_ts, ok_ts = bound(A_ts, c_ts, ok_ts, T[:, ti], shared[:, ti])
     A_t = torch.where(ok_ta[:, None, None], A_ta, A_ts)
     c_t = torch.where(ok_ta[:, None], c_ta, c_ts)
     ok_t = ok_ta | ok_ts
 
     hi_ = list(_HEAD)
-    A_h, c_h, ok_h = _fit_similarity(T[:, hi_], S[:, hi_], shared[:, hi_])
-    ok_h = ok_h & _scale_ok(A_h, max_part_scale)
+    if view_robust:
+        # upright head: no rotation (a profile face fitted onto a frontal one would tip the head
+        # over), scale = ratio of the neck-to-face distances (bounded), the neck mapped to the neck
+        ok_h = ma[:, 0] & ma[:, 2]
+        dt = torch.linalg.vector_norm(Ta[:, 2] - Ta[:, 0], dim=-1)
+        ds = torch.linalg.vector_norm(Sa[:, 2] - Sa[:, 0], dim=-1)
+        ok_h = ok_h & (dt > 0.5)
+        k = torch.where(ok_h, ds / dt.clamp_min(1e-6), torch.ones_like(dt)).clamp(1.0 / max_part_scale, max_part_scale)
+        A_h = k[:, None, None] * torch.eye(2, dtype=T.dtype, device=dev).expand(b, 2, 2)
+        c_h = torch.where(ok_h[:, None], Sa[:, 0] - k[:, None] * Ta[:, 0], torch.zeros_like(Sa[:, 0]))
+    else:
+        A_h, c_h, ok_h = _fit_similarity(T[:, hi_], S[:, hi_], shared[:, hi_])
+        A_h, c_h, ok_h = bound(A_h, c_h, ok_h, T[:, hi_], shared[:, hi_])
 
     A_g, c_g, _ = _fit_similarity(T[:, :NUM_KEYPOINTS], S[:, :NUM_KEYPOINTS], shared[:, :NUM_KEYPOINTS])
 
@@ -525,3 +602,122 @@ def warp(features: torch.Tensor, grid: torch.Tensor, weight: torch.Tensor | None
             wt = _resize_maps(wt, (fh, fw))
         out = out * wt.to(features.dtype)
     return out
+
+
+def composite(
+    source: torch.Tensor, grid: torch.Tensor, weight: torch.Tensor, background: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The warped body over a background: ``weight * warp(source) + (1 - weight) * background``.
+
+    Where the target pose has no body part (weight ~0) the background's pixels stay, so the output
+    never has the black holes of a bare warp and keeps the source's surroundings.
+
+    Args:
+        source: ``[B, C, h', w']`` images or latents (any float dtype).
+        grid, weight: from :func:`limb_flow` (resized to ``(h', w')`` like :func:`warp` does).
+        background: ``[B, C, h', w']``, e.g. the source with its person filled in
+            (:func:`fill_masked` over :func:`body_mask`); None = the source itself.
+
+    Returns:
+        ``[B, C, h', w']`` in ``source``'s dtype.
+    """
+    warped = warp(source, grid)
+    wt = weight.to(device=source.device, dtype=torch.float32)
+    if wt.shape[-2:] != source.shape[-2:]:
+        wt = _resize_maps(wt, tuple(source.shape[-2:]))
+    wt = wt.to(source.dtype)
+    bg = source if background is None else background
+    return wt * warped + (1 - wt) * bg
+
+
+@torch.no_grad()
+def body_mask(keypoints, out_hw, *, min_score: float = 0.5, gain: float = 2.0) -> torch.Tensor:
+    """Soft mask of the person's body in its own image: ``float32 [B, 1, h, w]`` in ``[0, 1]``.
+
+    The confidence weight of :func:`limb_flow` for the identity flow (the pose onto itself), times
+    ``gain`` and clipped, so the mask covers the parts' radii plus their falloff. Keypoints are
+    ``[B, 17, 3]`` in pixels of the frame ``out_hw`` (h, w).
+    """
+    kp = _as_kp_tensor(keypoints)
+    _, w = limb_flow(kp, kp, out_hw, min_score=min_score)
+    return (w * gain).clamp(0.0, 1.0)
+
+
+def fill_masked(x: torch.Tensor, mask: torch.Tensor, levels: int = 6) -> torch.Tensor:
+    """Fill the masked region of images or latents from its surroundings (push-pull interpolation).
+
+    Pull: the unmasked values and their weights ``1 - mask`` are average-pooled level by level;
+    push: from the coarsest level back up, each pixel takes its own weighted mean where its weight
+    is high and the upsampled coarser estimate where it is low. The result is a smooth background
+    under the person: the source with its person removed, where :func:`composite` puts the warped
+    body (Gortler et al. 1996, "The Lumigraph", push-pull).
+
+    Args:
+        x: ``[B, C, h, w]`` float.
+        mask: ``[B, 1, h, w]`` in ``[0, 1]`` (1 = to fill), resized to ``x`` when needed.
+        levels: pyramid levels (each halves the size, stopping at 1 pixel).
+
+    Returns:
+        ``[B, C, h, w]``: ``x * (1 - mask) + filled * mask`` in ``x``'s dtype.
+    """
+    m = mask.to(device=x.device, dtype=torch.float32)
+    if m.shape[-2:] != x.shape[-2:]:
+        m = _resize_maps(m, tuple(x.shape[-2:])).clamp(0.0, 1.0)
+    xf = x.float()
+    wgt = 1.0 - m
+    pyr = [(xf * wgt, wgt)]
+    for _ in range(levels):
+        v, wv = pyr[-1]
+        if min(v.shape[-2:]) < 2:
+            break
+        pyr.append((F.avg_pool2d(v, 2, ceil_mode=True), F.avg_pool2d(wv, 2, ceil_mode=True)))
+    est = pyr[-1][0] / pyr[-1][1].clamp_min(1e-6)
+    for v, wv in reversed(pyr[:-1]):
+        up = F.interpolate(est, size=v.shape[-2:], mode="bilinear", align_corners=False)
+        a = wv.clamp(0.0, 1.0)
+        est = a * (v / wv.clamp_min(1e-6)) + (1 - a) * up
+    return (xf * (1 - m) + est * m).to(x.dtype)
+
+
+def align_pose(target_kp, source_kp, *, min_score: float = 0.5, max_scale: float = 2.0) -> np.ndarray:
+    """Move and scale a target pose onto the source person's place and size.
+
+    A target pose drawn from another image (another identity, another crop) is placed where the
+    source person stands: uniform scale ``person_scale(source) / person_scale(target)`` (clamped to
+    ``[1 / max_scale, max_scale]``) about the target's torso centre, then a translation putting that
+    centre on the source's torso centre (the mean of the present shoulders and hips; all present
+    joints when no torso joint is present). The warp then only articulates the body, never zooms
+    it (RePoseDM's pose alignment, done on the keypoints).
+
+    Args:
+        target_kp, source_kp: ``float [B, 17, 3]`` (or ``[17, 3]``) COCO-17 ``(x, y, score)`` in
+            pixels of the SAME frame.
+        min_score: a joint with a lower score is absent.
+        max_scale: bound on the scale change.
+
+    Returns:
+        ``float32`` like ``target_kp``, scores unchanged; a pose without present joints (either
+        side) is returned unchanged.
+    """
+    t = np.array(target_kp, dtype=np.float32, copy=True)
+    s = np.asarray(source_kp, dtype=np.float32)
+    single = t.ndim == 2
+    if single:
+        t, s = t[None], s[None]
+    if t.shape != s.shape or t.shape[1:] != (NUM_KEYPOINTS, 3):
+        raise ValueError(f"poses must both be [B, 17, 3], got {t.shape} and {s.shape}")
+    frame = (1.0, 1.0)  # person_scale only uses the frame when < 2 joints are present
+    st = person_scale(t, frame, min_score=min_score).numpy()
+    ss = person_scale(s, frame, min_score=min_score).numpy()
+    for i in range(len(t)):
+        pt = (t[i, :, 2] >= min_score) & (t[i, :, 2] > 0)
+        psrc = (s[i, :, 2] >= min_score) & (s[i, :, 2] > 0)
+        if pt.sum() < 2 or psrc.sum() < 2:
+            continue
+        torso = np.zeros(NUM_KEYPOINTS, bool)
+        torso[list(_TORSO)] = True
+        ct = t[i, pt & torso, :2].mean(0) if (pt & torso).any() else t[i, pt, :2].mean(0)
+        cs = s[i, psrc & torso, :2].mean(0) if (psrc & torso).any() else s[i, psrc, :2].mean(0)
+        k = float(np.clip(ss[i] / st[i], 1.0 / max_scale, max_scale))
+        t[i, :, :2] = (t[i, :, :2] - ct) * k + cs
+    return t[0] if single else t

@@ -1,0 +1,169 @@
+"""posegen's default re-posing model: a constrained limb warp repaired by latent diffusion.
+
+Don't ask a network to draw a person; move the real pixels and let a small diffusion model fix the
+seams. For a source image, its keypoints and a target pose (all in the 256x128 letterbox frame of
+:mod:`posegen.latent.frame`):
+
+1. **Warp** (:func:`warp_inputs`): :func:`~posegen.repose.warp.limb_flow` with bounded part
+   transforms (singular values clamped to ``[1/1.25, 1.25]``, a similarity torso when the view
+   changes, an upright head), and the warped body composited by the warp's weight
+   (:func:`~posegen.repose.warp.composite`) over the source with its own person filled in from the
+   surroundings (:func:`~posegen.repose.warp.fill_masked`) — the source background stays behind,
+   without a ghost of the source's limbs.
+2. **Latents**: the source is encoded with TAEF2 (:mod:`posegen.latent.taef2`, ``[32, 32, 16]``);
+   the *conditioning* warp is applied in latent space (the flow resized to 32x16), so training needs
+   one encoding per image, never one per pair; the *starting point* of sampling is the encoding of
+   the pixel-space composite (sharper).
+3. **Denoiser** (:func:`make_denoiser`): a diffusers ``UNet2DModel`` that predicts the target latent
+   (``x0``) from ``[x_t, warped latent, source latent, target pose maps (36 ch), warp weight]``
+   (133 channels at 32x16).
+4. **SDEdit** (Meng et al. 2022, "SDEdit: Guided Image Synthesis and Editing with Stochastic
+   Differential Equations"): the warped latent is noised to ``strength`` (0 = the warp unchanged,
+   1 = pure noise) and denoised in a few DDIM steps (Song et al. 2021); the model is trained on
+   exactly that timestep range.
+
+Conventions: keypoints are COCO-17 ``(x, y, score)`` in pixels of the working frame (x right, y
+down, pixel-index convention); images ``float32 [B, 3, 256, 128]`` in ``0..1``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers import UNet2DModel
+
+from ..latent.taef2 import LATENT_CHANNELS, LATENT_SCALE
+from .render import POSE_CHANNELS, render_poses_tensor
+from .warp import body_mask, composite, fill_masked, limb_flow
+
+__all__ = [
+    "FRAME_HW",
+    "LATENT_HW",
+    "COND_CHANNELS",
+    "WARP_KWARGS",
+    "make_denoiser",
+    "flow_for",
+    "latent_conditions",
+    "pose_maps_latent",
+    "warp_inputs",
+]
+
+#: The working frame ``(h, w)`` in pixels and its latent size.
+FRAME_HW = (256, 128)
+LATENT_HW = (FRAME_HW[0] // LATENT_SCALE, FRAME_HW[1] // LATENT_SCALE)
+#: Channels of the conditioning concatenated to the noisy latent: warped latent, source latent,
+#: target pose maps (17 joint heatmaps + 19 limb maps), warp weight.
+COND_CHANNELS = 2 * LATENT_CHANNELS + POSE_CHANNELS + 1
+#: The warp's settings (measured in ``benchmarks/repose_quality.py``; see the module docstring).
+WARP_KWARGS = dict(max_part_scale=1.25, scale_mode="clamp", torso_max_anisotropy=1.5, view_robust=True)
+_BODY_GAIN = 2.0
+# pose maps are rendered at twice the latent resolution and average-pooled (smooth, no aliasing)
+_POSE_HW = (2 * LATENT_HW[0], 2 * LATENT_HW[1])
+
+
+def make_denoiser(
+    block_out_channels=(64, 128, 192), layers_per_block: int = 2, attention: bool = True, norm_num_groups: int = 32
+) -> UNet2DModel:
+    """The latent denoiser: a diffusers ``UNet2DModel`` on ``[B, 32 + 101, 32, 16]`` -> ``[B, 32, 32, 16]``.
+
+    Args:
+        block_out_channels: widths of the three resolution levels (32x16, 16x8, 8x4).
+        layers_per_block: ResNet blocks per level.
+        attention: self-attention at the lowest level (and the mid block).
+        norm_num_groups: GroupNorm groups.
+    """
+    down = ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D" if attention else "DownBlock2D")
+    up = ("AttnUpBlock2D" if attention else "UpBlock2D", "UpBlock2D", "UpBlock2D")
+    return UNet2DModel(
+        sample_size=LATENT_HW,
+        in_channels=LATENT_CHANNELS + COND_CHANNELS,
+        out_channels=LATENT_CHANNELS,
+        block_out_channels=tuple(block_out_channels),
+        layers_per_block=layers_per_block,
+        down_block_types=down,
+        up_block_types=up,
+        norm_num_groups=norm_num_groups,
+        add_attention=attention,
+        attention_head_dim=32,
+    )
+
+
+def flow_for(source_kp, target_kp, flow_hw=_POSE_HW, min_score: float = 0.5):
+    """:func:`limb_flow` (with :data:`WARP_KWARGS`) for keypoints in :data:`FRAME_HW` pixels,
+    computed on a ``flow_hw`` grid (the flow is in normalised coordinates, so a coarse grid serves
+    the 32x16 latent).
+
+    Returns:
+        ``(grid float32 [B, fh, fw, 2], weight float32 [B, 1, fh, fw])``.
+    """
+    sx = flow_hw[1] / FRAME_HW[1]
+    sy = flow_hw[0] / FRAME_HW[0]
+
+    def scale(kp):
+        kp = torch.as_tensor(kp, dtype=torch.float32).clone()
+        kp[..., 0] = (kp[..., 0] + 0.5) * sx - 0.5
+        kp[..., 1] = (kp[..., 1] + 0.5) * sy - 0.5
+        return kp
+
+    return limb_flow(scale(source_kp), scale(target_kp), flow_hw, min_score=min_score, **WARP_KWARGS)
+
+
+def pose_maps_latent(target_kp, min_score: float = 0.5) -> torch.Tensor:
+    """Target pose maps at the latent resolution: ``float32 [B, 36, 32, 16]``, rendered at 64x32
+    (joint sigma 1.0, limb width 0.75 pixels there) from keypoints in :data:`FRAME_HW` pixels, then
+    2x2 average-pooled."""
+    maps = render_poses_tensor(target_kp, (FRAME_HW[1], FRAME_HW[0]), _POSE_HW, 1.0, 0.75, min_score)
+    return F.avg_pool2d(maps, 2)
+
+
+def latent_conditions(source_latent: torch.Tensor, source_kp, target_kp, min_score: float = 0.5):
+    """The denoiser's conditioning for a batch.
+
+    Args:
+        source_latent: ``float [B, 32, 32, 16]`` TAEF2 latents of the letterboxed sources.
+        source_kp, target_kp: ``float [B, 17, 3]`` COCO-17 in :data:`FRAME_HW` pixels.
+
+    Returns:
+        ``(cond [B, 101, 32, 16], warped_latent [B, 32, 32, 16])`` in ``source_latent``'s dtype:
+        ``cond = [warped latent, source latent, pose maps, warp weight]``; the warped latent is the
+        latent-space composite (flow resized to 32x16) of the warped body over the source latent.
+    """
+    grid, weight = flow_for(source_kp, target_kp, min_score=min_score)
+    dev, dt = source_latent.device, source_latent.dtype
+    grid, weight = grid.to(dev), weight.to(dev)
+    background = fill_masked(source_latent, _source_mask(source_kp, _POSE_HW, min_score).to(dev))
+    warped = composite(source_latent, grid, _opaque(weight), background)
+    w_lat = F.avg_pool2d(weight, 2).to(dt)
+    pose = pose_maps_latent(target_kp, min_score).to(device=dev, dtype=dt)
+    return torch.cat([warped, source_latent, pose, w_lat], 1), warped
+
+
+def warp_inputs(source_images: torch.Tensor, source_kp, target_kp, min_score: float = 0.5) -> torch.Tensor:
+    """The pixel-space warp: the warped body composited over the source, ``[B, 3, 256, 128]``.
+
+    Args:
+        source_images: ``float [B, 3, 256, 128]`` letterboxed sources in ``0..1``.
+        source_kp, target_kp: ``float [B, 17, 3]`` COCO-17 in :data:`FRAME_HW` pixels.
+    """
+    grid, weight = limb_flow(
+        torch.as_tensor(source_kp, dtype=torch.float32), torch.as_tensor(target_kp, dtype=torch.float32),
+        FRAME_HW, min_score=min_score, **WARP_KWARGS,
+    )  # fmt: skip
+    dev = source_images.device
+    background = fill_masked(source_images, _source_mask(source_kp, _POSE_HW, min_score).to(dev))
+    return composite(source_images, grid.to(dev), _opaque(weight.to(dev)), background)
+
+
+def _opaque(weight: torch.Tensor) -> torch.Tensor:
+    """The warp's weight made opaque on the body (``min(1, 2 w)``): the warped body must hide
+    the filled background, not blend with it."""
+    return (weight * _BODY_GAIN).clamp(0.0, 1.0)
+
+
+def _source_mask(source_kp, hw, min_score: float) -> torch.Tensor:
+    """The source person's body mask (:func:`body_mask`) on an ``hw`` grid, from keypoints in
+    :data:`FRAME_HW` pixels."""
+    kp = torch.as_tensor(source_kp, dtype=torch.float32).clone()
+    kp[..., 0] = (kp[..., 0] + 0.5) * hw[1] / FRAME_HW[1] - 0.5
+    kp[..., 1] = (kp[..., 1] + 0.5) * hw[0] / FRAME_HW[0] - 0.5
+    return body_mask(kp, hw, min_score=min_score, gain=_BODY_GAIN)

@@ -1,0 +1,268 @@
+"""Sampling with posegen's default model: warp, encode, SDEdit-repair, decode (see
+:mod:`posegen.repose.latent`).
+
+:class:`LatentReposePipeline` is a diffusers ``DiffusionPipeline`` with the components ``unet`` (a
+``UNet2DModel`` from :func:`~posegen.repose.latent.make_denoiser`) and ``scheduler`` (DDIM, ``x0``
+prediction). The TAEF2 autoencoder is not saved with the model (its MIT-licensed weights live
+outside the repository, ``../shared/weights/taef2``): :func:`load_latent_pipeline` loads it from a
+local folder and checks its fingerprint against the one the model was trained with.
+
+A saved pipeline is a folder ``model_index.json`` + ``unet/`` + ``scheduler/``;
+``model_index.json`` also holds the sampling defaults (``strength``, ``num_inference_steps``) and
+the autoencoder fingerprint.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler, DiffusionPipeline, UNet2DModel
+from diffusers.utils import logging as dlogging
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..latent.frame import from_frame_keypoints, letterbox_params, to_frame_keypoints
+from ..latent.taef2 import TAEF2
+from .latent import FRAME_HW, latent_conditions, warp_inputs
+from .warp import align_pose
+
+__all__ = ["LatentReposePipeline", "load_latent_pipeline"]
+
+
+def _sizes(sizes, n: int, what: str) -> np.ndarray:
+    arr = np.asarray(sizes, dtype=np.float64)
+    if arr.shape == (2,):
+        arr = np.broadcast_to(arr, (n, 2)).copy()
+    if arr.shape != (n, 2) or (arr <= 0).any():
+        raise ValueError(f"{what} must be one positive (width, height) or one per sample [{n}, 2], got {arr.tolist()}")
+    return arr
+
+
+class LatentReposePipeline(DiffusionPipeline):
+    """Re-pose people by a constrained limb warp repaired with latent diffusion (SDEdit).
+
+    Components: ``unet`` (``UNet2DModel``), ``scheduler`` (``DDIMScheduler``); plus the attribute
+    ``autoencoder`` (:class:`~posegen.latent.TAEF2`), set by :func:`load_latent_pipeline`.
+    """
+
+    model_cpu_offload_seq = "unet"
+    #: outputs of ``output_type="np"`` come back at each source image's own size
+    returns_source_size = True
+
+    def __init__(
+        self,
+        unet: UNet2DModel,
+        scheduler: DDIMScheduler,
+        strength: float = 0.4,
+        num_inference_steps: int = 4,
+        autoencoder_fingerprint: str = "",
+        min_score: float = 0.5,
+    ):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+        self.register_to_config(
+            strength=float(strength), num_inference_steps=int(num_inference_steps),
+            autoencoder_fingerprint=str(autoencoder_fingerprint), min_score=float(min_score),
+        )  # fmt: skip
+        self.autoencoder: TAEF2 | None = None
+
+    @property
+    def resolution(self) -> tuple[int, int]:
+        """The working frame ``(height, width)`` (256, 128)."""
+        return FRAME_HW
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        source_images: Sequence[np.ndarray],
+        source_keypoints,
+        target_keypoints,
+        *,
+        source_sizes=None,
+        target_sizes,
+        num_inference_steps: int | None = None,
+        strength: float | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "np",
+        align: bool = True,
+        start: str = "pixel",
+        return_keypoints: bool = False,
+    ):
+        """Re-pose each source image to its target pose.
+
+        Args:
+            source_images: ``B`` RGB images ``uint8 [H_i, W_i, 3]``, any sizes (letterboxed into
+                the 256x128 frame, :mod:`posegen.latent.frame`).
+            source_keypoints: ``[B, 17, 3]`` COCO-17 ``(x, y, score)`` in pixels of each source.
+            target_keypoints: ``[B, 17, 3]`` COCO-17 in pixels of an image of ``target_sizes[i]``.
+            source_sizes: ``(width, height)`` the source keypoints refer to (default: each
+                image's size; must equal it).
+            target_sizes: ``(width, height)`` the target keypoints refer to, one or ``[B, 2]``.
+            num_inference_steps: DDIM steps actually run (default: the model's).
+            strength: SDEdit strength in ``(0, 1]``: the warped latent is noised to timestep
+                ``strength * T`` (0 would return the warp, 1 starts from pure noise; the model was
+                trained on ``strength <= 0.6``). Default: the model's.
+            generator: None, one ``torch.Generator``, or one per sample (sample ``i`` then depends
+                only on its own inputs and generator).
+            output_type: ``"np"``: a list of ``uint8 [H_i, W_i, 3]`` at each SOURCE's size (the
+                frame cropped back and resized); ``"pil"``: the same as PIL images; ``"pt"``:
+                ``float32 [B, 3, 256, 128]`` frame tensor in ``[-1, 1]``.
+            align: place the target pose on the source person first (translation + uniform scale
+                of :func:`~posegen.repose.warp.align_pose`; what ``augment`` wants). False keeps
+                the target pose where it is in its own image (mapped through that image's own
+                letterbox), as pose-transfer benchmarks with a real target image need.
+            start: SDEdit's starting latent: ``"pixel"`` = the encoded pixel-space warp (sharper),
+                ``"latent"`` = the latent-space warp the model is conditioned on.
+            return_keypoints: also return the target keypoints used (after alignment),
+                ``float32 [B, 17, 3]`` in pixels of ``target_sizes`` (per-axis rescaled from the
+                source's pixels, so ``scale_keypoints(kp, target_size, source_size)`` gives them
+                on the output image).
+
+        Returns:
+            Images as ``output_type`` says; with ``return_keypoints``, ``(images, keypoints)``.
+
+        Raises:
+            RuntimeError: no autoencoder loaded.
+            ValueError: inconsistent shapes or sizes, an unknown ``output_type`` or ``start``,
+                ``strength`` outside ``(0, 1]``, ``num_inference_steps < 1``.
+        """
+        if self.autoencoder is None:
+            raise RuntimeError("no autoencoder: load the pipeline with posegen.repose.load_pipeline()")
+        if output_type not in ("np", "pil", "pt"):
+            raise ValueError(f"output_type must be 'np', 'pil' or 'pt', got {output_type!r}")
+        if start not in ("pixel", "latent"):
+            raise ValueError(f"start must be 'pixel' or 'latent', got {start!r}")
+        steps = int(num_inference_steps or self.config.num_inference_steps)
+        strength = float(self.config.strength if strength is None else strength)
+        if steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {steps}")
+        if not 0.0 < strength <= 1.0:
+            raise ValueError(f"strength must be in (0, 1], got {strength}")
+        if isinstance(source_images, np.ndarray) and source_images.ndim == 4:
+            source_images = list(source_images)
+        images = [np.asarray(im) for im in source_images]
+        b = len(images)
+        if b == 0:
+            raise ValueError("no source images given")
+        for i, im in enumerate(images):
+            if im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8:
+                raise ValueError(f"source image {i} must be uint8 [H, W, 3] RGB, got {im.dtype} {im.shape}")
+        src_kp = np.asarray(source_keypoints, dtype=np.float32)
+        tgt_kp = np.asarray(target_keypoints, dtype=np.float32)
+        for name, kp in (("source_keypoints", src_kp), ("target_keypoints", tgt_kp)):
+            if kp.shape != (b, 17, 3):
+                raise ValueError(f"{name} must be [{b}, 17, 3] (one COCO-17 pose per image), got {kp.shape}")
+        own = np.array([(im.shape[1], im.shape[0]) for im in images], dtype=np.float64)
+        if source_sizes is not None and not np.allclose(_sizes(source_sizes, b, "source_sizes"), own):
+            raise ValueError("source_sizes must equal the source images' own sizes for this pipeline")
+        tgt_sizes = _sizes(target_sizes, b, "target_sizes")
+        if isinstance(generator, (list, tuple)) and len(generator) != b:
+            raise ValueError(f"got {len(generator)} generators for {b} images; pass one per image")
+        min_score = float(self.config.min_score)
+
+        boxes = [letterbox_params((im.shape[1], im.shape[0]), FRAME_HW) for im in images]
+        frames = np.stack([bx.image_to_frame(im) for bx, im in zip(boxes, images)])
+        skp = np.stack([to_frame_keypoints(k, bx) for k, bx in zip(src_kp, boxes)])
+        if align:
+            used_src_px = align_pose(tgt_kp, src_kp, min_score=min_score)  # source pixels
+            tkp = np.stack([to_frame_keypoints(k, bx) for k, bx in zip(used_src_px, boxes)])
+        else:
+            tboxes = [letterbox_params((int(s[0]), int(s[1])), FRAME_HW) for s in tgt_sizes]
+            tkp = np.stack([to_frame_keypoints(k, bx) for k, bx in zip(tgt_kp, tboxes)])
+            used_src_px = np.stack([from_frame_keypoints(k, bx) for k, bx in zip(tkp, boxes)])
+
+        device, dtype = self.unet.device, self.unet.dtype
+        ae = self.autoencoder.to(device)
+        x = torch.from_numpy(frames).permute(0, 3, 1, 2).to(device=device, dtype=torch.float32) / 255.0
+        z_src = ae.encode(x)
+        cond, warped_latent = latent_conditions(z_src, skp, tkp, min_score)
+        z0 = ae.encode(warp_inputs(x, skp, tkp, min_score)) if start == "pixel" else warped_latent
+
+        sched = self.scheduler
+        total = max(steps, int(round(steps / strength)))
+        sched.set_timesteps(total, device=device)
+        timesteps = sched.timesteps[total - steps :]
+        noise = randn_tensor(z0.shape, generator=generator, device=device, dtype=torch.float32)
+        lat = sched.add_noise(z0.float(), noise, timesteps[:1].repeat(b))
+        cond = cond.to(dtype)
+        for t in timesteps:
+            pred = self.unet(torch.cat([lat.to(dtype), cond], 1), t).sample.float()
+            lat = sched.step(pred, t, lat, generator=generator).prev_sample
+        out = ae.decode(lat.float()).clamp(0.0, 1.0).cpu()
+
+        if output_type == "pt":
+            result = out * 2.0 - 1.0
+        else:
+            u8 = (out.permute(0, 2, 3, 1).numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
+            result = [bx.frame_to_image(f) for bx, f in zip(boxes, u8)]
+            if output_type == "pil":
+                from PIL import Image
+
+                result = [Image.fromarray(r) for r in result]
+        if not return_keypoints:
+            return result
+        kp_out = used_src_px.astype(np.float32).copy()
+        rx = (tgt_sizes[:, 0] / own[:, 0]).astype(np.float32)[:, None]
+        ry = (tgt_sizes[:, 1] / own[:, 1]).astype(np.float32)[:, None]
+        kp_out[..., 0] = (kp_out[..., 0] + 0.5) * rx - 0.5
+        kp_out[..., 1] = (kp_out[..., 1] + 0.5) * ry - 0.5
+        kp_out[..., 2] = tgt_kp[..., 2]
+        return result, kp_out
+
+
+def load_latent_pipeline(
+    path: str | os.PathLike,
+    autoencoder: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    check_fingerprint: bool = True,
+) -> LatentReposePipeline:
+    """Load a saved :class:`LatentReposePipeline` and its TAEF2 autoencoder, offline.
+
+    Args:
+        path: the model folder (``model_index.json``, ``unet/``, ``scheduler/``).
+        autoencoder: the folder with ``taef2_encoder.pth`` / ``taef2_decoder.pth``; None =
+            :func:`posegen.latent.default_taef2_dir`.
+        check_fingerprint: refuse an autoencoder whose weights differ from the training ones.
+
+    Raises:
+        FileNotFoundError: a missing folder or file (named).
+        ValueError: unreadable or mismatched weights, or an autoencoder fingerprint mismatch.
+    """
+    from ..latent.taef2 import load_taef2
+    from .latent_train import autoencoder_fingerprint
+
+    p = Path(path)
+    for need in ("model_index.json", "unet/config.json", "scheduler/scheduler_config.json"):
+        if not (p / need).is_file():
+            raise FileNotFoundError(f"re-posing model is incomplete: missing {p / need}")
+    bar_was_on = dlogging.is_progress_bar_enabled()
+    dlogging.disable_progress_bar()
+    try:
+        pipe = LatentReposePipeline.from_pretrained(str(p), local_files_only=True)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"cannot load the re-posing model in {p}: {str(exc).splitlines()[0]}") from exc
+    finally:
+        if bar_was_on:
+            dlogging.enable_progress_bar()
+    if tuple(pipe.unet.config.sample_size) != (FRAME_HW[0] // 8, FRAME_HW[1] // 8):
+        raise ValueError(
+            f"model {p} works on latents {tuple(pipe.unet.config.sample_size)}, this posegen on "
+            f"{(FRAME_HW[0] // 8, FRAME_HW[1] // 8)} (a {FRAME_HW[0]}x{FRAME_HW[1]} frame)"
+        )
+    ae = load_taef2(autoencoder)
+    want = pipe.config.autoencoder_fingerprint
+    if check_fingerprint and want and autoencoder_fingerprint(ae) != want:
+        raise ValueError(
+            f"the autoencoder in {autoencoder or 'the default TAEF2 folder'} is not the one model {p} was "
+            f"trained with (fingerprint {autoencoder_fingerprint(ae)} != {want})"
+        )
+    pipe.autoencoder = ae
+    pipe.set_progress_bar_config(disable=True)
+    pipe = pipe.to(device)
+    if dtype is not None:
+        pipe = pipe.to(dtype=dtype)
+    return pipe

@@ -1,0 +1,116 @@
+"""Image-artifact checks of the filter (posegen.filter.artifacts): black holes and smears on the
+person are rejected with their own reason, in the documented order; real same-person photos pass."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+from conftest import CUHK03, require, standing_pose
+
+from posegen.filter import FILTER_COLUMNS, REASON_ORDER, filter_batch
+from posegen.filter.artifacts import ARTIFACT_COLUMNS, artifact_scores, person_box, person_mask
+from posegen.pose.backends import NoPersonFound
+from posegen.pose.keypoints import empty_keypoints
+from posegen.recipe import FilterConfig
+
+
+class _FixedPose:
+    """A pose backend that returns a fixed pose (the artifact checks run before the pose checks)."""
+
+    name, weights = "fixed", None
+
+    def __init__(self, kp):
+        self.kp = kp
+
+    def estimate(self, image):
+        if self.kp is None:
+            raise NoPersonFound("none")
+        return self.kp.copy()
+
+
+def _person(seed: int = 0, hw=(128, 64)) -> np.ndarray:
+    """A textured "photo": grey noisy background and a noisy coloured figure along the standing pose."""
+    rng = np.random.default_rng(seed)
+    img = np.clip(rng.normal(140, 18, (*hw, 3)), 0, 255)
+    kp = standing_pose()
+    m = person_mask(kp, hw)
+    img[m] = np.clip(rng.normal((60, 70, 150), 25, (int(m.sum()), 3)), 0, 255)
+    return img.astype(np.uint8)
+
+
+def test_person_regions():
+    kp = standing_pose()
+    m, b = person_mask(kp, (128, 64)), person_box(kp, (128, 64))
+    assert m[60, 32] and m[80, 27] and not m[5, 2] and not m[120, 60]  # torso and thigh in, corners out
+    assert b[60, 32] and b.sum() > m.sum() and not b[127, 0]
+    assert person_mask(empty_keypoints()) is None and person_box(empty_keypoints()) is None
+
+
+def test_black_hole_on_person_is_rejected_and_real_looking_image_passes():
+    kp = standing_pose()
+    source, output = _person(0), _person(1)
+    holed = output.copy()
+    holed[60:80, 20:44] = 0  # a black hole on the hips / thighs (the warp had no source pixel)
+    smeared = np.asarray(Image.fromarray(output).resize((16, 32)).resize((64, 128)))
+    outs = [output, holed, smeared]
+    cfg = FilterConfig()
+    df = filter_batch(outs, [source] * 3, np.stack([kp] * 3), np.stack([kp] * 3), cfg, _FixedPose(kp))
+    assert list(df.columns) == FILTER_COLUMNS
+    assert df["reason"].tolist()[0] == "" and df["kept"].tolist() == [True, False, False]
+    assert df.loc[1, "reason"] == f"holes in output (hole fraction > {cfg.max_hole_fraction:g})"
+    assert df.loc[2, "reason"] == f"smeared output (sharpness ratio < {cfg.min_sharpness_ratio:g})"
+    assert df.loc[1, "hole_fraction"] > 0.05 and abs(df.loc[0, "hole_fraction"]) < 1e-9
+    assert df.loc[2, "sharpness_ratio"] < 0.5 < df.loc[0, "sharpness_ratio"]
+    for c in ARTIFACT_COLUMNS:  # every score stored whatever the decision
+        assert df[c].notna().all()
+    assert all(r == "" or any(r.startswith(p) for p in REASON_ORDER) for r in df["reason"])
+
+
+def test_artifact_checks_order_and_switches():
+    kp = standing_pose()
+    source, holed = _person(0), _person(1)
+    holed[60:80, 20:44] = 0
+    # artifacts come before the pose checks: no person found, but "holes" is the reason
+    df = filter_batch([holed], [source], kp[None], kp[None], FilterConfig(), _FixedPose(None))
+    assert df.loc[0, "reason"].startswith("holes in output") and df.loc[0, "oks"] == 0.0
+    # ... and after "blank output"
+    df = filter_batch([np.zeros_like(holed)], [source], kp[None], kp[None], FilterConfig(), _FixedPose(kp))
+    assert df.loc[0, "reason"] == "blank output" and df.loc[0, "hole_fraction"] > 0.9
+    # None switches a check off (the score is still stored); without a source nothing is computed
+    off = FilterConfig(max_hole_fraction=None)
+    df = filter_batch([holed], [source], kp[None], kp[None], off, _FixedPose(kp))
+    assert not df.loc[0, "reason"].startswith("holes") and df.loc[0, "hole_fraction"] > 0.05
+    df = filter_batch([holed], None, None, kp[None], FilterConfig(), _FixedPose(kp))
+    assert df.loc[0, "kept"] and math.isnan(df.loc[0, "hole_fraction"])
+    # a target pose with < 2 joints has no region: NaN scores, then "target pose empty"
+    df = filter_batch([holed], [source], kp[None], empty_keypoints()[None], FilterConfig(), _FixedPose(kp))
+    assert df.loc[0, "reason"] == "target pose empty" and math.isnan(df.loc[0, "sharpness_ratio"])
+
+
+def test_old_recipes_stay_valid():
+    cfg = FilterConfig.model_validate({"min_oks": 0.4, "min_std": 0.01})
+    assert cfg.max_hole_fraction is not None and cfg.min_sharpness_ratio is not None and cfg.max_seam_fraction is None
+
+
+def test_real_same_person_images_pass(blazepose):
+    """Real CUHK03 crops scored against another real photo of the same person pass the artifact checks."""
+    from posegen.data.images import read_image
+
+    train = require(CUHK03 / "train")
+    cfg = FilterConfig()
+    pairs = [("0000_00", "0000_01"), ("0000_02", "0000_06"), ("0003_05", "0003_07"), ("0012_01", "0012_08"), ("0020_00", "0020_03")]
+    n = 0
+    for s, o in pairs:
+        src, out = read_image(train / f"{s}.jpg"), read_image(train / f"{o}.jpg")
+        try:
+            ks, ko = blazepose.estimate(src), blazepose.estimate(out)
+        except NoPersonFound:
+            continue
+        sc = artifact_scores(out, src, ko, ks)
+        assert sc["hole_fraction"] <= cfg.max_hole_fraction, (s, o, sc)
+        assert sc["sharpness_ratio"] >= cfg.min_sharpness_ratio, (s, o, sc)
+        n += 1
+    assert n >= 3
