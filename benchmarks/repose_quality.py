@@ -24,6 +24,20 @@ commit. Usage::
     .venv/bin/python benchmarks/repose_quality.py MODEL [--pairs 200] [--steps 10 20] [--tag NAME]
 
 ``MODEL`` is a ``posegen train`` run folder or its ``model/`` pipeline folder.
+
+**Latent models** (posegen's default model, :class:`posegen.repose.LatentReposePipeline`; ``MODEL``
+may be ``default``) are measured on TWO pair sets: the cross-view pairs above and a committed list
+of **same-view** pairs (``benchmarks/quality_pairs_same_view.csv``: per pid one pair inside view A
+and one inside view B, another frame of the same walk — what ``augment`` asks for), next to the
+baselines "output = source", "limb warp" (the original warp, free part transforms, no background),
+"limb warp over the source" (part scale <= 1.25, composited over the source image), "constrained
+warp over the source" (bounded transforms, view-robust torso and upright head) and "constrained warp
++ filled background" (the model's starting point), and the model at several SDEdit strengths
+(``--strengths``). Everything is generated in the 256x128 letterbox frame with the target pose where
+the real target image has it (``align=False``) and written at the source's size; SSIM / PSNR compare
+output and real target both resized to 256x128; OKS, PCK, identity and the kept-rate are scored by
+:func:`posegen.filter.filter_batch` with the ``default`` recipe's filter on the output at the source's
+size against the target pose the generator used.
 """
 
 from __future__ import annotations
@@ -208,6 +222,11 @@ def baseline(scorer: Scorer) -> dict:
     return {"model": "baseline: output = source", "steps": 0, "images_per_s": float("nan"), **summarise(scorer.score(scorer.src_model))}
 
 
+def _is_latent(model) -> bool:
+    index = _pipeline_dir(model) / "model_index.json"
+    return index.is_file() and json.loads(index.read_text()).get("_class_name") == "LatentReposePipeline"
+
+
 def _pipeline_dir(model) -> Path:
     p = Path(model)
     return p / "model" if (p / "model" / "model_index.json").is_file() else p
@@ -254,7 +273,7 @@ def setup(n_pairs: int, resolution, recipe, backend):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("model", type=Path, help="posegen train run folder or its model/ folder")
+    ap.add_argument("model", type=Path, help="posegen train run folder or its model/ folder, or 'default'")
     ap.add_argument("--pairs", type=int, default=200, help="first N pairs of the fixed list")
     ap.add_argument("--steps", type=int, nargs="+", default=[10, 20])
     ap.add_argument("--batch-size", type=int, default=32)
@@ -262,7 +281,13 @@ def main() -> None:
     ap.add_argument("--recipe", default="tiny", help="recipe whose filter thresholds give the kept-rate")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tag", default="", help="results file suffix")
+    ap.add_argument("--strengths", type=float, nargs="+", default=[0.3, 0.4, 0.5], help="latent models: SDEdit strengths")
+    ap.add_argument("--latent-steps", type=int, default=4, help="latent models: DDIM steps")
     args = ap.parse_args()
+    if str(args.model) == "default" or _is_latent(args.model):
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+        main_latent(args)
+        return
 
     recipe = load_recipe(args.recipe)
     pipe_dir = _pipeline_dir(args.model)
@@ -289,6 +314,211 @@ def main() -> None:
     atomic_write_json(RESULTS / f"repose_quality{suffix}.json", result)
     md = markdown(rows, f"# Re-posing quality ({len(scorer.pairs)} pairs)\n\n`{result['command']}` at commit {result['commit']}")
     atomic_write_text(RESULTS / f"repose_quality{suffix}.md", md)
+
+
+
+# --------------------------------------------------------------------------- latent models
+SAME_VIEW_FILE = REPO / "benchmarks" / "quality_pairs_same_view.csv"
+FRAME = (256, 128)
+
+
+def make_same_view_pairs(manifest: pd.DataFrame, poses: pd.DataFrame, *, seed: int = 0) -> pd.DataFrame:
+    """Fixed same-view pairs: per pid, one pair inside view A (k 00-04) and one inside view B
+    (k 05-09), both images with >= 10 joints of score >= 0.5. Returns ``source, target, pid``."""
+    ok = set(poses.loc[usable_poses(poses, min_score=0.5, min_keypoints=10), "path"])
+    m = manifest[manifest["path"].isin(ok)]
+    rows = []
+    for pid, g in m.groupby("pid", sort=True):
+        rng = np.random.default_rng(stable_seed(seed, "same-view-pairs", int(pid)))
+        for view in (0, 1):
+            ims = sorted(p for p in g["path"] if (int(Path(p).stem.split("_")[1]) >= 5) == bool(view))
+            if len(ims) < 2:
+                continue
+            a, b = rng.choice(len(ims), size=2, replace=False)
+            rows.append({"source": ims[a], "target": ims[b], "pid": int(pid)})
+    return pd.DataFrame(rows).reset_index(drop=True)
+
+
+def load_same_view_pairs(manifest: pd.DataFrame, poses: pd.DataFrame) -> pd.DataFrame:
+    """The committed same-view pair list, created on first use."""
+    if SAME_VIEW_FILE.is_file():
+        return pd.read_csv(SAME_VIEW_FILE)
+    pairs = make_same_view_pairs(manifest, poses)
+    atomic_write_text(SAME_VIEW_FILE, pairs.to_csv(index=False))
+    return pairs
+
+
+class FrameScorer:
+    """Scores outputs written at each source's size (see the module docstring, latent models)."""
+
+    def __init__(self, backend, embedder, pairs: pd.DataFrame, poses: pd.DataFrame, recipe):
+        self.backend, self.embedder, self.recipe, self.pairs = backend, embedder, recipe, pairs
+        kp = dict(zip(poses["path"], keypoints_array(poses)))
+        size = dict(zip(poses["path"], zip(poses["width"], poses["height"])))
+        self.src_images = [read_image(CUHK03_VAL / p) for p in pairs["source"]]
+        self.tgt_images = [read_image(CUHK03_VAL / p) for p in pairs["target"]]
+        self.src_kp = np.stack([kp[p] for p in pairs["source"]]).astype(np.float32)
+        self.tgt_kp = np.stack([kp[p] for p in pairs["target"]]).astype(np.float32)
+        self.src_size = np.array([size[p] for p in pairs["source"]], dtype=np.float64)
+        self.tgt_size = np.array([size[p] for p in pairs["target"]], dtype=np.float64)
+        self.tgt_frame = np.stack([resize_image(im, FRAME) for im in self.tgt_images])
+        self.src_emb = embedder.embed(self.src_images)
+
+    def score(self, outputs: list[np.ndarray], used_kp: np.ndarray) -> pd.DataFrame:
+        """``outputs[i]``: ``uint8 [H_i, W_i, 3]`` at source i's size; ``used_kp``: ``[N, 17, 3]`` the
+        target pose the generator used, in source pixels."""
+        from posegen.filter import filter_batch
+        from posegen.metrics import psnr, ssim
+
+        frames = np.stack([resize_image(o, FRAME) for o in outputs])
+        fb = filter_batch(
+            outputs, self.src_images, self.src_kp, used_kp, self.recipe.filter, self.backend,
+            embedder=self.embedder, source_embeddings=self.src_emb, min_score=self.recipe.pose.min_score,
+            frame_hw=FRAME,
+        )  # fmt: skip
+        return pd.DataFrame(
+            {
+                "ssim": ssim(frames, self.tgt_frame),
+                "psnr": psnr(frames, self.tgt_frame),
+                "oks": fb["oks"].fillna(0.0).to_numpy(),
+                "pck": fb["pck"].fillna(0.0).to_numpy(),
+                "person_found": (fb["n_keypoints"] > 0).to_numpy(),
+                "identity": fb["identity_sim"].to_numpy(),
+                "kept": fb["kept"].to_numpy(dtype=bool),
+                "reason": fb["reason"].to_numpy(),
+            }
+        )
+
+
+def warp_baseline(scorer: FrameScorer, kind: str) -> tuple[list[np.ndarray], np.ndarray]:
+    """Outputs of a warp baseline (``source``, ``warp``, ``warp-source``, ``constrained-source``,
+    ``constrained-fill``) at the sources' sizes, and the target pose used (source pixels)."""
+    from posegen.latent import from_frame_keypoints, letterbox_params, to_frame_keypoints
+    from posegen.repose.latent import FRAME_HW, WARP_KWARGS, warp_inputs
+    from posegen.repose.warp import composite, limb_flow, warp
+
+    outs, used = [], []
+    for im, sk, tk, ts in zip(scorer.src_images, scorer.src_kp, scorer.tgt_kp, scorer.tgt_size):
+        box = letterbox_params((im.shape[1], im.shape[0]), FRAME_HW)
+        tbox = letterbox_params((int(ts[0]), int(ts[1])), FRAME_HW)
+        skp = torch.from_numpy(to_frame_keypoints(sk, box))[None]
+        tkp = torch.from_numpy(to_frame_keypoints(tk, tbox))[None]
+        used.append(from_frame_keypoints(tkp[0].numpy(), box))
+        if kind == "source":
+            outs.append(im)
+            used[-1] = scale_keypoints(tk, (int(ts[0]), int(ts[1])), (im.shape[1], im.shape[0]))
+            continue
+        x = torch.from_numpy(box.image_to_frame(im)).permute(2, 0, 1)[None].float() / 255.0
+        if kind == "warp":
+            grid, _ = limb_flow(skp, tkp, FRAME_HW)
+            y = warp(x, grid)
+        elif kind == "warp-source":
+            grid, wt = limb_flow(skp, tkp, FRAME_HW, max_part_scale=1.25)
+            y = composite(x, grid, wt)
+        elif kind == "constrained-source":
+            grid, wt = limb_flow(skp, tkp, FRAME_HW, **WARP_KWARGS)
+            y = composite(x, grid, wt)
+        elif kind == "constrained-fill":
+            y = warp_inputs(x, skp, tkp)
+        else:
+            raise ValueError(kind)
+        u8 = (y[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+        outs.append(box.frame_to_image(u8))
+    return outs, np.stack(used).astype(np.float32)
+
+
+def latent_generate(pipe, scorer: FrameScorer, *, steps: int, strength: float, batch_size: int, seed: int):
+    """The model's outputs (sources' sizes), the used target pose in source pixels, and images/s."""
+    outs, used = [], []
+    n = len(scorer.pairs)
+    t0 = time.perf_counter()
+    for i in range(0, n, batch_size):
+        sl = slice(i, min(i + batch_size, n))
+        gens = [torch.Generator().manual_seed(stable_seed(seed, "quality", s, t))
+                for s, t in zip(scorer.pairs["source"][sl], scorer.pairs["target"][sl])]  # fmt: skip
+        imgs, kp = pipe(
+            scorer.src_images[sl], scorer.src_kp[sl], scorer.tgt_kp[sl], target_sizes=scorer.tgt_size[sl],
+            num_inference_steps=steps, strength=strength, generator=gens, align=False, return_keypoints=True,
+        )  # fmt: skip
+        outs += imgs
+        used += [scale_keypoints(k, (int(ts[0]), int(ts[1])), (im.shape[1], im.shape[0]))
+                 for k, ts, im in zip(kp, scorer.tgt_size[sl], scorer.src_images[sl])]  # fmt: skip
+    return outs, np.stack(used).astype(np.float32), n / (time.perf_counter() - t0)
+
+
+BASELINES = (
+    ("source", "baseline: output = source"),
+    ("warp", "limb warp (free parts, no background)"),
+    ("warp-source", "limb warp over the source (part scale <= 1.25)"),
+    ("constrained-source", "constrained warp over the source"),
+    ("constrained-fill", "constrained warp + filled background (start)"),
+)
+
+
+def evaluate_latent(model_dir, pair_sets: dict, recipe, backend, *, strengths, steps, batch_size, seed) -> dict:
+    """Rows per pair set: the baselines and the model at each strength."""
+    from posegen.metrics import ReidEmbedder
+
+    pipe = load_pipeline(model_dir)
+    embedder = ReidEmbedder(OSNET)
+    out = {}
+    for name, pairs in pair_sets.items():
+        scorer = FrameScorer(backend, embedder, pairs, _POSES, recipe)
+        rows = []
+        for kind, label in BASELINES:
+            outs, used = warp_baseline(scorer, kind)
+            rows.append({"model": label, "steps": 0, "images_per_s": float("nan"), **summarise(scorer.score(outs, used))})
+        for st in strengths:
+            outs, used, rate = latent_generate(pipe, scorer, steps=steps, strength=st, batch_size=batch_size, seed=seed)
+            rows.append({"model": f"default model, strength {st}", "steps": steps, "images_per_s": rate,
+                         **summarise(scorer.score(outs, used))})  # fmt: skip
+        out[name] = rows
+        Console(width=160).print(render_table(rows, f"{name}: {len(pairs)} CUHK03 val pairs"))
+    return out
+
+
+_POSES = None
+
+
+def main_latent(args) -> None:
+    """The latent-model protocol (see the module docstring)."""
+    global _POSES
+    recipe = load_recipe(args.recipe if args.recipe != "tiny" else "default")
+    model_dir = None if str(args.model) == "default" else _pipeline_dir(args.model)
+    t0 = time.perf_counter()
+    with get_backend("blazepose") as be:
+        if not CUHK03_VAL.is_dir():
+            sys.exit(f"data not found: {CUHK03_VAL} (the ../shared folder beside the repository)")
+        manifest, poses = val_poses(be)
+        _POSES = poses
+        sets = {
+            "same-view": load_same_view_pairs(manifest, poses).head(args.pairs).reset_index(drop=True),
+            "cross-view": load_pairs(manifest, poses).head(args.pairs).reset_index(drop=True),
+        }
+        results = evaluate_latent(model_dir, sets, recipe, be, strengths=args.strengths, steps=args.latent_steps,
+                                  batch_size=args.batch_size, seed=args.seed)  # fmt: skip
+    result = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "commit": commit(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}",
+        "model": str(model_dir or "default"),
+        "recipe_filter": recipe.filter.model_dump(mode="json"),
+        "pair_sets": {k: len(v) for k, v in sets.items()},
+        "rows": results,
+        "seconds": time.perf_counter() - t0,
+    }
+    suffix = f"-{args.tag}" if args.tag else "-default"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(RESULTS / f"repose_quality{suffix}.json", result)
+    md = [f"# Re-posing quality of the default model\n\n`{result['command']}` at commit {result['commit']} "
+          f"({result['machine']}; {result['seconds'] / 60:.1f} min)\n"]  # fmt: skip
+    for name, rows in results.items():
+        md.append(markdown(rows, f"## {name} pairs ({result['pair_sets'][name]}, CUHK03 val)"))
+        for r in rows:
+            if r["rejected_by_reason"]:
+                md.append(f"- {r['model']}: rejected by reason {r['rejected_by_reason']}")
+        md.append("")
+    atomic_write_text(RESULTS / f"repose_quality{suffix}.md", "\n".join(md) + "\n")
 
 
 if __name__ == "__main__":

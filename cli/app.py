@@ -67,7 +67,7 @@ def _progress():
         console=console,
     )
     tasks: dict[str, int] = {}
-    units = {"poses": "img", "train": "step", "copy": "img", "generate": "img", "repose": "img"}
+    units = {"poses": "img", "train": "step", "copy": "img", "generate": "img", "repose": "img", "encode": "img"}
 
     def update(name: str, done: int, total: int) -> None:
         if name not in tasks:
@@ -138,7 +138,7 @@ def train_cmd(
     data: Path = typer.Option(..., "--data", help="Dataset folder."),
     poses: Path = typer.Option(..., "--poses", help="Keypoints file from extract-poses (.parquet/.csv/.json)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder (resumes if it has checkpoints)."),
-    recipe: str = typer.Option("tiny", help="Recipe name (tiny, cuhk03) or YAML path."),
+    recipe: str = typer.Option("tiny", help="Recipe name (default, tiny, cuhk03) or YAML path; 'default' trains posegen's default model family (warp + latent repair)."),
     layout: Optional[str] = typer.Option(None, help="Force a layout."),
     steps: Optional[int] = typer.Option(None, help="Override the recipe's training steps."),
 ):
@@ -154,7 +154,12 @@ def train_cmd(
         pose_df = read_poses(poses)
         t0 = time.perf_counter()
         with _progress() as update:
-            model_dir = train(rec, manifest, pose_df, data, out, steps=steps, progress=lambda s, t, logs: update("train", s, t))
+            if rec.latent is not None:  # posegen's default model family (warp + latent repair)
+                from posegen.repose.latent_train import train_latent_recipe
+
+                model_dir = train_latent_recipe(rec, data, pose_df, out, steps=steps, layout=layout, progress=update)
+            else:
+                model_dir = train(rec, manifest, pose_df, data, out, steps=steps, progress=lambda s, t, logs: update("train", s, t))
     console.print(f"model: {model_dir}  ({time.perf_counter() - t0:.0f} s); loss log: {out / 'loss.csv'}")
 
 

@@ -456,3 +456,71 @@ def export_checkpoint(run_dir: str | os.PathLike, out_dir: str | os.PathLike, fi
     ema.load_state_dict(state["ema"])
     ema.copy_to(unet.parameters())
     return save_latent_model(unet, out_dir, cfg, fingerprint, **kw), step
+
+
+def config_from_recipe(recipe) -> LatentTrainConfig:
+    """The :class:`LatentTrainConfig` of a recipe's ``latent`` section (and ``pose.min_score``).
+
+    Raises:
+        ValueError: the recipe has no ``latent`` section.
+    """
+    lc = recipe.latent
+    if lc is None:
+        raise ValueError(f"recipe {recipe.name!r} has no latent section (not a latent-model recipe)")
+    return LatentTrainConfig(
+        steps=lc.steps, batch_size=lc.batch_size, learning_rate=lc.learning_rate, warmup_steps=lc.warmup_steps,
+        strength_max=lc.strength_max, same_view_weight=lc.same_view_weight, ema_decay=lc.ema_decay,
+        checkpoint_every=lc.checkpoint_every, seed=lc.seed, min_score=recipe.pose.min_score,
+        block_out_channels=list(lc.block_out_channels), layers_per_block=lc.layers_per_block, attention=lc.attention,
+    )  # fmt: skip
+
+
+def train_latent_recipe(
+    recipe,
+    data_dir: str | os.PathLike,
+    poses: pd.DataFrame,
+    run_dir: str | os.PathLike,
+    *,
+    steps: int | None = None,
+    layout: str | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> Path:
+    """``posegen train`` for a latent recipe: encode (cached), train (resumable), save the model.
+
+    Args:
+        recipe: a :class:`~posegen.recipe.Recipe` with a ``latent`` section.
+        data_dir: the dataset folder (its ``train`` split is used).
+        poses: the dataset's poses (``extract-poses`` output, :func:`posegen.pose.formats.read_poses`).
+        run_dir: the run folder (``RUN/latent-cache`` holds the latents; see the module for the rest).
+        steps: overrides ``latent.steps``.
+        progress: ``progress(stage, done, total)`` with stage ``"encode"`` or ``"train"``.
+
+    Returns:
+        ``RUN/model``: a :class:`~posegen.repose.latent_pipeline.LatentReposePipeline` folder with the
+        recipe as ``recipe.yaml``.
+
+    Raises:
+        ValueError: no latent section, or no same-identity pairs of usable images.
+        FileNotFoundError: the TAEF2 weights are missing.
+    """
+    import yaml
+
+    from ..latent.taef2 import load_taef2
+
+    cfg = config_from_recipe(recipe)
+    if steps is not None:
+        cfg.steps = int(steps)
+    run_dir = Path(run_dir)
+    ae = load_taef2(recipe.latent.autoencoder)
+    cb = progress or (lambda stage, done, total: None)
+    latents, kps, pairs = prepare_training_data(
+        data_dir, poses, ae, run_dir / "latent-cache", min_score=recipe.pose.min_score,
+        min_keypoints=recipe.latent.min_keypoints, layout=layout, progress=lambda d, t: cb("encode", d, t),
+    )  # fmt: skip
+    fingerprint = autoencoder_fingerprint(ae)
+
+    def save(unet, out):
+        save_latent_model(unet, out, cfg, fingerprint, strength=recipe.sample.strength, num_inference_steps=recipe.sample.steps)
+        atomic_write_text(out / "recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+
+    return train_latent(cfg, latents, kps, pairs, run_dir, progress=lambda s, n, logs: cb("train", s, n), save_model=save)

@@ -646,7 +646,8 @@ def body_mask(keypoints, out_hw, *, min_score: float = 0.5, gain: float = 2.0) -
 def fill_masked(x: torch.Tensor, mask: torch.Tensor, levels: int = 6) -> torch.Tensor:
     """Fill the masked region of images or latents from its surroundings (push-pull interpolation).
 
-    Pull: the unmasked values and their weights ``1 - mask`` are average-pooled level by level;
+    Pull: the values outside the mask (``mask < 0.05``; its soft rim is partly person) and their
+    0/1 weights are average-pooled level by level;
     push: from the coarsest level back up, each pixel takes its own weighted mean where its weight
     is high and the upsampled coarser estimate where it is low. The result is a smooth background
     under the person: the source with its person removed, where :func:`composite` puts the warped
@@ -664,7 +665,7 @@ def fill_masked(x: torch.Tensor, mask: torch.Tensor, levels: int = 6) -> torch.T
     if m.shape[-2:] != x.shape[-2:]:
         m = _resize_maps(m, tuple(x.shape[-2:])).clamp(0.0, 1.0)
     xf = x.float()
-    wgt = 1.0 - m
+    wgt = (m < 0.05).to(xf.dtype)  # the soft rim of the mask (partly person) is not background
     pyr = [(xf * wgt, wgt)]
     for _ in range(levels):
         v, wv = pyr[-1]

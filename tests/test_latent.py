@@ -1,0 +1,245 @@
+"""The default model family: TAEF2 latents, the letterbox frame, the constrained warp, latent
+training (bit-identical resume on a tiny config) and the shipped default model on a real pair."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import CUHK03, SHARED, require, standing_pose
+from posegen.latent import from_frame_keypoints, letterbox_params, load_taef2, to_frame_keypoints
+from posegen.repose.warp import align_pose, body_mask, fill_masked, limb_flow, person_scale
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+TAEF2_DIR = SHARED / "weights" / "taef2"
+
+
+# --------------------------------------------------------------------------- frame
+def test_letterbox_keeps_aspect_and_round_trips_keypoints():
+    box = letterbox_params((93, 282), (256, 128))
+    assert box.inner[1] == 256 and box.inner[0] == round(93 * 256 / 282)  # fits the height, not stretched
+    assert box.pad[1] == 0 and box.pad[0] == (128 - box.inner[0]) // 2
+    kp = standing_pose()
+    back = from_frame_keypoints(to_frame_keypoints(kp, box), box)
+    np.testing.assert_allclose(back, kp, atol=1e-4)
+    img = np.random.default_rng(0).integers(0, 255, (282, 93, 3), dtype=np.uint8)
+    frame = box.image_to_frame(img)
+    assert frame.shape == (256, 128, 3)
+    assert box.frame_to_image(frame).shape == img.shape
+    with pytest.raises(ValueError):
+        box.image_to_frame(img[:10])
+
+
+# --------------------------------------------------------------------------- autoencoder
+def test_taef2_reconstructs_real_crops():
+    from posegen.data.images import read_image
+    from posegen.metrics import ssim
+
+    require(TAEF2_DIR)
+    files = sorted((require(CUHK03 / "val")).glob("*.jpg"))[:8]
+    ae = load_taef2(TAEF2_DIR)
+    frames = []
+    for f in files:
+        im = read_image(f)
+        frames.append(letterbox_params((im.shape[1], im.shape[0]), (256, 128)).image_to_frame(im))
+    x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        z = ae.encode(x)
+        y = ae.decode(z)
+    assert z.shape == (8, 32, 32, 16)
+    rec = (y.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    assert float(np.mean(ssim(rec, np.stack(frames)))) >= 0.9
+
+
+def test_taef2_missing_and_corrupt_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="taef2_encoder.pth"):
+        load_taef2(tmp_path)
+    (tmp_path / "taef2_encoder.pth").write_bytes(b"not a checkpoint")
+    (tmp_path / "taef2_decoder.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="taef2_encoder.pth"):
+        load_taef2(tmp_path)
+    torch.save({"weight": torch.zeros(3)}, tmp_path / "taef2_encoder.pth")
+    with pytest.raises(ValueError, match="not a TAEF2 state dict"):
+        load_taef2(tmp_path)
+
+
+# --------------------------------------------------------------------------- constrained warp
+def _tilted(kp, deg):
+    out = kp.copy()
+    c = kp[5:7, :2].mean(0)
+    a = np.deg2rad(deg)
+    r = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]], np.float32)
+    out[:, :2] = (kp[:, :2] - c) @ r.T + c
+    return out
+
+
+def test_clamped_part_transforms_never_zoom():
+    src = standing_pose()[None]
+    tgt = src.copy()
+    tgt[0, 9, 1] += 30  # a forearm 2.5x longer in the target
+    grid, _ = limb_flow(src, tgt, (128, 64), max_part_scale=1.25, scale_mode="clamp")
+    free, _ = limb_flow(src, tgt, (128, 64), max_part_scale=4.0)
+    # sampling step along the forearm: the clamped flow moves <= 1.25x slower than the target moves
+    col = int(round(float(tgt[0, 9, 0])))
+    ys = np.arange(int(tgt[0, 7, 1]) + 3, int(tgt[0, 9, 1]) - 3)
+    for g, bound in ((grid, 1.0 / 1.25 - 0.02), (free, None)):
+        sy = (g[0, ys, col, 1].numpy() + 1) * 128 / 2 - 0.5
+        step = float(np.median(np.diff(sy)))
+        if bound is not None:
+            assert step >= bound  # not compressed below 1/1.25: the forearm is not stretched 2.5x
+        else:
+            assert step < 0.6  # the free fit does stretch it
+
+
+def test_view_robust_head_stays_upright():
+    src = standing_pose()[None]
+    tgt = src.copy()
+    tgt[0, [1, 2, 3, 4]] = tgt[0, [2, 1, 4, 3]]  # a back view: face points swap sides
+    tgt[0, 0, 0] += 6  # the face turned
+    grid, _ = limb_flow(src, tgt, (128, 64), max_part_scale=1.25, scale_mode="clamp", torso_max_anisotropy=1.5,
+                        view_robust=True)  # fmt: skip
+    # a pixel above the neck maps to a pixel above the source's neck (no head rotation)
+    x, y = 32, 8
+    sx, sy = ((grid[0, y, x] + 1) * torch.tensor([64, 128]) / 2 - 0.5).tolist()
+    assert sy < 20 and abs(sx - 32) < 8
+
+
+def test_align_pose_puts_the_target_on_the_source_person():
+    src = standing_pose()
+    tgt = src.copy()
+    tgt[:, :2] = tgt[:, :2] * 0.5 + 5  # smaller person elsewhere
+    al = align_pose(tgt, src)
+    np.testing.assert_allclose(al[[5, 6, 11, 12], :2].mean(0), src[[5, 6, 11, 12], :2].mean(0), atol=1e-3)
+    s_src = float(person_scale(src[None], (128, 64))[0])
+    assert abs(float(person_scale(al[None], (128, 64))[0]) - s_src) < 1e-3 * s_src + 1e-3
+
+
+def test_fill_masked_removes_the_person():
+    x = torch.zeros(1, 3, 128, 64)
+    x[:, 1] = 0.5  # a green background
+    mask = body_mask(standing_pose()[None], (128, 64))
+    person = x.clone()
+    person[:, 0] += (mask[:, 0] > 0.1).float()  # a red person, inside the mask's rim
+    filled = fill_masked(person, mask)
+    inside = mask[0, 0] > 0.99
+    assert float((filled - x)[0, :, inside].abs().amax()) < 0.05  # the person is gone
+    assert float((filled - person)[0, :, mask[0, 0] < 1e-3].abs().amax()) < 2e-3  # the rest untouched
+
+
+# --------------------------------------------------------------------------- training
+def _tiny_data(n=6):
+    rng = np.random.default_rng(0)
+    latents = {f"{i // 3:04d}_{i % 3:02d}.jpg": torch.from_numpy(rng.normal(size=(32, 32, 16)).astype(np.float16)) for i in range(n)}
+    kp = {p: to_frame_keypoints(standing_pose(noise=2.0, seed=i), letterbox_params((64, 128), (256, 128)))
+          for i, p in enumerate(latents)}  # fmt: skip
+    from posegen.repose.latent_train import latent_pairs
+
+    items = pd.DataFrame({"path": list(latents), "pid": [int(p[:4]) for p in latents], "camid": [0, 0, 1] * (n // 3)})
+    return latents, kp, latent_pairs(items)
+
+
+def test_latent_training_resumes_bit_identically(tmp_path):
+    from posegen.repose.latent_train import LatentTrainConfig, train_latent
+
+    latents, kp, pairs = _tiny_data()
+    cfg = LatentTrainConfig(steps=4, batch_size=2, checkpoint_every=2, log_every=1, block_out_channels=[32, 32, 32],
+                            attention=False, warmup_steps=1)  # fmt: skip
+    train_latent(cfg, latents, kp, pairs, tmp_path / "straight")
+    cfg2 = LatentTrainConfig(**{**cfg.__dict__, "steps": 2})
+    train_latent(cfg2, latents, kp, pairs, tmp_path / "resumed")
+    train_latent(cfg, latents, kp, pairs, tmp_path / "resumed")
+    a = torch.load(tmp_path / "straight/checkpoints/step-000004/state.pt", weights_only=False)
+    b = torch.load(tmp_path / "resumed/checkpoints/step-000004/state.pt", weights_only=False)
+    for k in a["unet"]:
+        assert torch.equal(a["unet"][k], b["unet"][k]), k
+    for x, y in zip(a["ema"]["shadow_params"], b["ema"]["shadow_params"]):
+        assert torch.equal(x, y)
+    la = pd.read_csv(tmp_path / "straight/loss.csv")
+    lb = pd.read_csv(tmp_path / "resumed/loss.csv")
+    np.testing.assert_array_equal(la["loss"].to_numpy(), lb["loss"].to_numpy())
+
+
+def test_training_refuses_missing_latents(tmp_path):
+    from posegen.repose.latent_train import LatentTrainConfig, train_latent
+
+    latents, kp, pairs = _tiny_data()
+    latents.pop(next(iter(latents)))
+    with pytest.raises(ValueError, match="no latent or keypoints"):
+        train_latent(LatentTrainConfig(steps=1), latents, kp, pairs, tmp_path / "run")
+
+
+# --------------------------------------------------------------------------- the shipped model
+def _default_model():
+    from posegen.repose import default_model_dir
+
+    d = default_model_dir()
+    if not (d / "model_index.json").is_file():
+        pytest.fail(f"the default model is not shipped: {d}")
+    require(TAEF2_DIR)
+    return d
+
+
+def test_default_model_reposes_a_real_val_pair(blazepose):
+    from posegen.data.images import read_image
+    from posegen.metrics import oks
+    from posegen.pose.keypoints import scale_keypoints
+    from posegen.repose import load_pipeline
+
+    _default_model()
+    val = require(CUHK03 / "val")
+    src_img, tgt_img = read_image(val / "0001_00.jpg"), read_image(val / "0001_02.jpg")
+    src_kp, tgt_kp = blazepose.estimate(src_img), blazepose.estimate(tgt_img)
+    t0 = time.perf_counter()
+    pipe = load_pipeline(None)
+    out, used = pipe([src_img], src_kp[None], tgt_kp[None], target_sizes=[(tgt_img.shape[1], tgt_img.shape[0])],
+                     generator=[torch.Generator().manual_seed(0)], return_keypoints=True)  # fmt: skip
+    assert time.perf_counter() - t0 < 60
+    assert out[0].shape == src_img.shape and out[0].dtype == np.uint8
+    found = blazepose.estimate(out[0])
+    want = scale_keypoints(used[0], (tgt_img.shape[1], tgt_img.shape[0]), (src_img.shape[1], src_img.shape[0]))
+    assert oks(want, found) >= 0.5
+
+
+def test_bad_model_folders_are_clear_errors(tmp_path):
+    from posegen.repose import load_pipeline
+
+    d = _default_model()
+    with pytest.raises(FileNotFoundError, match="nope"):
+        load_pipeline(tmp_path / "nope")
+    broken = tmp_path / "broken"
+    shutil.copytree(d, broken)
+    (broken / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises((FileNotFoundError, ValueError, OSError)):
+        load_pipeline(broken)
+    other = tmp_path / "other-resolution"
+    shutil.copytree(d, other)
+    cfg = json.loads((other / "unet" / "config.json").read_text())
+    cfg["sample_size"] = [16, 8]
+    (other / "unet" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="latents"):
+        load_pipeline(other)
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(d, corrupt)
+    (corrupt / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="corrupt|cannot load"):
+        load_pipeline(corrupt)
+
+
+def test_repose_refuses_a_source_without_a_person(tmp_path):
+    from PIL import Image
+
+    from posegen.repose.single import repose_one
+
+    _default_model()
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.full((128, 64, 3), 127, np.uint8)).save(blank)
+    tgt = require(CUHK03 / "val" / "0001_02.jpg")
+    with pytest.raises(ValueError, match="blank.png"):
+        repose_one(None, blank, tgt, tmp_path / "out.png")
+    assert not (tmp_path / "out.png").exists()
