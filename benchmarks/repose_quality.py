@@ -283,6 +283,8 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="results file suffix")
     ap.add_argument("--strengths", type=float, nargs="+", default=[0.3, 0.4, 0.5], help="latent models: SDEdit strengths")
     ap.add_argument("--latent-steps", type=int, default=4, help="latent models: DDIM steps")
+    ap.add_argument("--starts", nargs="+", default=["pixel"], choices=["pixel", "latent"], help="latent models: SDEdit start")
+    ap.add_argument("--no-baselines", action="store_true", help="latent models: only the model rows")
     args = ap.parse_args()
     if str(args.model) == "default" or _is_latent(args.model):
         torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -394,7 +396,7 @@ def warp_baseline(scorer: FrameScorer, kind: str) -> tuple[list[np.ndarray], np.
     """Outputs of a warp baseline (``source``, ``warp``, ``warp-source``, ``constrained-source``,
     ``constrained-fill``) at the sources' sizes, and the target pose used (source pixels)."""
     from posegen.latent import from_frame_keypoints, letterbox_params, to_frame_keypoints
-    from posegen.repose.latent import FRAME_HW, WARP_KWARGS, warp_inputs
+    from posegen.repose.latent import FRAME_HW, WARP_KWARGS, latent_conditions, warp_inputs
     from posegen.repose.warp import composite, limb_flow, warp
 
     outs, used = [], []
@@ -420,6 +422,13 @@ def warp_baseline(scorer: FrameScorer, kind: str) -> tuple[list[np.ndarray], np.
             y = composite(x, grid, wt)
         elif kind == "constrained-fill":
             y = warp_inputs(x, skp, tkp)
+        elif kind == "latent-warp":  # the same warp applied to the latent (flow at 32x16), decoded
+            with torch.no_grad():
+                _, wl = latent_conditions(_AE.encode(x), skp, tkp)
+                y = _AE.decode(wl)
+        elif kind == "encoded-warp":  # the pixel warp through the autoencoder (SDEdit's start)
+            with torch.no_grad():
+                y = _AE.decode(_AE.encode(warp_inputs(x, skp, tkp)))
         else:
             raise ValueError(kind)
         u8 = (y[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
@@ -427,7 +436,7 @@ def warp_baseline(scorer: FrameScorer, kind: str) -> tuple[list[np.ndarray], np.
     return outs, np.stack(used).astype(np.float32)
 
 
-def latent_generate(pipe, scorer: FrameScorer, *, steps: int, strength: float, batch_size: int, seed: int):
+def latent_generate(pipe, scorer: FrameScorer, *, steps: int, strength: float, batch_size: int, seed: int, start: str = "pixel"):
     """The model's outputs (sources' sizes), the used target pose in source pixels, and images/s."""
     outs, used = [], []
     n = len(scorer.pairs)
@@ -439,6 +448,7 @@ def latent_generate(pipe, scorer: FrameScorer, *, steps: int, strength: float, b
         imgs, kp = pipe(
             scorer.src_images[sl], scorer.src_kp[sl], scorer.tgt_kp[sl], target_sizes=scorer.tgt_size[sl],
             num_inference_steps=steps, strength=strength, generator=gens, align=False, return_keypoints=True,
+            start=start,
         )  # fmt: skip
         outs += imgs
         used += [scale_keypoints(k, (int(ts[0]), int(ts[1])), (im.shape[1], im.shape[0]))
@@ -451,38 +461,47 @@ BASELINES = (
     ("warp", "limb warp (free parts, no background)"),
     ("warp-source", "limb warp over the source (part scale <= 1.25)"),
     ("constrained-source", "constrained warp over the source"),
-    ("constrained-fill", "constrained warp + filled background (start)"),
+    ("constrained-fill", "constrained warp + filled background"),
+    ("encoded-warp", "... through TAEF2 (SDEdit start, start=pixel)"),
+    ("latent-warp", "... warped in latent space (start=latent)"),
 )
+_AE = None
 
 
-def evaluate_latent(model_dir, pair_sets: dict, recipe, backend, *, strengths, steps, batch_size, seed) -> dict:
+def evaluate_latent(model_dir, pair_sets: dict, recipe, backend, *, strengths, steps, batch_size, seed, starts=("pixel",)) -> dict:
     """Rows per pair set: the baselines and the model at each strength."""
     from posegen.metrics import ReidEmbedder
 
+    global _AE
     pipe = load_pipeline(model_dir)
+    _AE = pipe.autoencoder
     embedder = ReidEmbedder(OSNET)
     out = {}
     for name, pairs in pair_sets.items():
         scorer = FrameScorer(backend, embedder, pairs, _POSES, recipe)
         rows = []
-        for kind, label in BASELINES:
+        for kind, label in (() if _NO_BASELINES else BASELINES):
             outs, used = warp_baseline(scorer, kind)
             rows.append({"model": label, "steps": 0, "images_per_s": float("nan"), **summarise(scorer.score(outs, used))})
         for st in strengths:
-            outs, used, rate = latent_generate(pipe, scorer, steps=steps, strength=st, batch_size=batch_size, seed=seed)
-            rows.append({"model": f"default model, strength {st}", "steps": steps, "images_per_s": rate,
-                         **summarise(scorer.score(outs, used))})  # fmt: skip
+            for start in starts:
+                outs, used, rate = latent_generate(pipe, scorer, steps=steps, strength=st, batch_size=batch_size,
+                                                   seed=seed, start=start)  # fmt: skip
+                rows.append({"model": f"model, strength {st}, start={start}", "steps": steps, "images_per_s": rate,
+                             **summarise(scorer.score(outs, used))})  # fmt: skip
         out[name] = rows
         Console(width=160).print(render_table(rows, f"{name}: {len(pairs)} CUHK03 val pairs"))
     return out
 
 
 _POSES = None
+_NO_BASELINES = False
 
 
 def main_latent(args) -> None:
     """The latent-model protocol (see the module docstring)."""
-    global _POSES
+    global _POSES, _NO_BASELINES
+    _NO_BASELINES = bool(args.no_baselines)
     recipe = load_recipe(args.recipe if args.recipe != "tiny" else "default")
     model_dir = None if str(args.model) == "default" else _pipeline_dir(args.model)
     t0 = time.perf_counter()
@@ -496,7 +515,7 @@ def main_latent(args) -> None:
             "cross-view": load_pairs(manifest, poses).head(args.pairs).reset_index(drop=True),
         }
         results = evaluate_latent(model_dir, sets, recipe, be, strengths=args.strengths, steps=args.latent_steps,
-                                  batch_size=args.batch_size, seed=args.seed)  # fmt: skip
+                                  batch_size=args.batch_size, seed=args.seed, starts=args.starts)  # fmt: skip
     result = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "commit": commit(),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 import time
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -25,6 +26,8 @@ from rich.progress import (
 )
 from rich.table import Table
 from rich.text import Text
+
+from posegen.pose.backends import BACKENDS, DEFAULT_BACKEND
 
 from .augment import augment_cmd, filter_cmd
 from .downstream import eval_downstream_cmd
@@ -96,20 +99,32 @@ def _clear_errors():
         _fail(str(e))
 
 
+#: ``--backend`` choices of extract-poses: every registered pose backend
+PoseBackendName = Enum("PoseBackendName", {name: name for name in BACKENDS}, type=str)
+
+
 @app.command("extract-poses")
 def extract_poses_cmd(
     data: Path = typer.Argument(..., help="Dataset folder (Market-1501, CUHK03, or one sub-folder per identity)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output file: .parquet (default), .csv (Pose-Transfer) or .json (COCO)."),
     layout: Optional[str] = typer.Option(None, help="Force a layout: market1501, cuhk03 or generic."),
-    backend: str = typer.Option("blazepose", help="Pose backend."),
+    backend: PoseBackendName = typer.Option(
+        DEFAULT_BACKEND,
+        help="Pose backend: blazepose (BlazePose full, weights bundled with mediapipe) or one that needs --weights "
+        "(movenet is the most accurate per second on small crops: benchmarks/results/pose_gt.md).",
+    ),
     weights: Optional[str] = typer.Option(None, help="Local weights file for backends that need one."),
     limit: Optional[int] = typer.Option(None, help="Only the first N images (sorted by path)."),
+    verbose: bool = typer.Option(False, "--verbose", help="Show the native mediapipe / absl / TFLite log lines."),
 ):
     """Estimate COCO-17 keypoints for every image of DATA (resumable: a re-run skips done images)."""
     from posegen.data import load_dataset
     from posegen.pose.backends import get_backend
     from posegen.pose.extract import extract_poses, pose_summary
+    from posegen.pose.native_logs import set_verbose
 
+    set_verbose(verbose)
+    backend = backend.value if isinstance(backend, PoseBackendName) else str(backend)
     with _clear_errors():
         if out.suffix.lower() not in (".parquet", ".csv", ".json"):
             out = out.with_suffix(out.suffix + ".parquet") if out.suffix else out.with_suffix(".parquet")

@@ -243,3 +243,28 @@ def test_repose_refuses_a_source_without_a_person(tmp_path):
     with pytest.raises(ValueError, match="blank.png"):
         repose_one(None, blank, tgt, tmp_path / "out.png")
     assert not (tmp_path / "out.png").exists()
+
+
+def test_augment_with_the_default_model(cuhk03_train, blazepose, tmp_path):
+    """The main job without --model: the shipped model, outputs at each source's size, scored
+    against the target pose placed on the source person (refilter reproduces the scores)."""
+    from posegen.augment import augment
+    from posegen.filter import refilter
+    from posegen.recipe import load_recipe
+
+    _default_model()
+    out = tmp_path / "out"
+    m = augment(cuhk03_train, out, recipe=load_recipe("default"), backend=blazepose, k=1, limit=6, seed=1)
+    syn = m[m["synthetic"] & (m["path"] != "")]
+    assert len(syn) >= 3
+    for _, r in syn.iterrows():
+        from PIL import Image
+
+        with Image.open(out / r["path"]) as im, Image.open(cuhk03_train / r["source"]) as src:
+            assert im.size == src.size  # written at the source's own size
+    run = json.loads((out / ".posegen" / "run.json").read_text())
+    assert run["model_kind"] == "latent" and run["model"] is None
+    again = refilter(out, backend=blazepose)
+    a = m.set_index(["source", "k"]).loc[syn.set_index(["source", "k"]).index]
+    b = again.set_index(["source", "k"]).loc[a.index]
+    np.testing.assert_allclose(a["oks"].to_numpy(float), b["oks"].to_numpy(float), atol=1e-6)

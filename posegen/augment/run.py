@@ -37,8 +37,9 @@ Output conventions
   ``n_keypoints`` (re-estimated joints), ``identity_sim`` (re-ID cosine to the source),
   ``identity_sim_others`` (mean cosine to the pid's other real train images of DIR),
   ``source_ssim`` (SSIM to the source at the model's resolution), ``source_pose_oks``
-  (OKS(source pose, target pose) at the model's resolution), ``prior_energy`` (the target pose's
-  prior energy) — NaN when not computed (real images, identity checks without re-ID weights),
+  (OKS(source pose, target pose) at the model's resolution), ``hole_fraction``,
+  ``seam_fraction``, ``sharpness_ratio`` (image-artifact scores, :mod:`posegen.filter.artifacts`),
+  ``prior_energy`` (the target pose's prior energy) — NaN when not computed (real images, identity checks without re-ID weights),
   then ``kept``, ``reason``, ``width``, ``height`` (pixels of the written image).
 - ``OUT/.posegen/``: the run's state: ``run.json`` (settings and notes, e.g. skipped identity
   checks), ``poses.parquet`` (the pose bank), ``parts/`` (one Parquet per finished batch),
@@ -88,12 +89,14 @@ STATE_DIR = ".posegen"
 MANIFEST_COLUMNS = [
     "path", "pid", "camid", "split", "synthetic", "source", "k", "target_pose_source", "seed",
     "oks", "pck", "std", "n_keypoints", "identity_sim", "identity_sim_others", "source_ssim",
-    "source_pose_oks", "prior_energy", "kept", "reason", "width", "height",
+    "source_pose_oks", "hole_fraction", "seam_fraction", "sharpness_ratio", "prior_energy", "kept", "reason",
+    "width", "height",
 ]  # fmt: skip
 
 #: Score columns of the manifest (NaN when not computed).
 SCORE_COLUMNS = [
-    "oks", "pck", "std", "identity_sim", "identity_sim_others", "source_ssim", "source_pose_oks", "prior_energy",
+    "oks", "pck", "std", "identity_sim", "identity_sim_others", "source_ssim", "source_pose_oks",
+    "hole_fraction", "seam_fraction", "sharpness_ratio", "prior_energy",
 ]  # fmt: skip
 
 #: Note recorded in run.json (and printed by the CLI) when the identity checks are skipped.
@@ -196,6 +199,9 @@ class _Scorer:
     frame_hw: tuple[int, int]
     embedder: object = None
     reference: IdentityReference | None = None
+    #: the latent model places each target pose on the source person (``align_pose``): score
+    #: against the pose placed the same way when no ``target_keypoints`` are given
+    align_targets: bool = False
 
     def score(
         self, images: list[np.ndarray], sources: list[str], targets: list[str], pids: list[int], energies,
@@ -218,7 +224,13 @@ class _Scorer:
             h, w = np.asarray(img).shape[:2]
             tsize = (int(self.pose_of.loc[tgt, "width"]), int(self.pose_of.loc[tgt, "height"]))
             kp = self.pose_of.loc[tgt, "keypoints"] if target_keypoints is None else target_keypoints[i]
-            tgt_kp.append(scale_keypoints(kp, tsize, (w, h)))
+            if self.align_targets and target_keypoints is None:  # as LatentReposePipeline places it
+                from ..repose.warp import align_pose
+
+                kp = align_pose(kp, src_kp[-1], min_score=self.recipe.pose.min_score)  # source pixels
+            else:
+                kp = scale_keypoints(kp, tsize, (w, h))
+            tgt_kp.append(kp)
             if self.reference is not None:
                 e = self.reference.embedding(src)
                 src_emb.append(np.full(self.reference.dim, np.nan, np.float32) if e is None else e)
@@ -321,6 +333,7 @@ def augment(
         raise ValueError("augment trains only pixel-space recipes (train_steps); train a latent recipe with `posegen train`")
     embedder = load_embedder(reid)
     pipe = _load_model(model) if model is not None or train_steps is None else None  # None: the shipped default
+    settings["model_kind"] = "latent" if getattr(pipe, "returns_source_size", False) else "pixel"
     _prepare_out(out, settings, resume, overwrite)
     state = out / STATE_DIR
 
@@ -382,6 +395,7 @@ def augment(
     scorer = _Scorer(
         recipe, backend, pose_of, root, tuple(pipe.resolution), embedder,
         _identity_reference(embedder, dataset, root, sources),
+        align_targets=latent_model and recipe.augment.align_targets,
     )  # fmt: skip
     progress("identity", 1, 1)
 

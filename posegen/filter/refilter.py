@@ -121,8 +121,10 @@ def refilter(
     src_rows = manifest[~manifest["synthetic"].astype(bool)]
     sources = src_rows[src_rows["path"].isin(set(todo["source"]))]
     reference = _identity_reference(embedder, dataset, ref_root, sources)
-    frame = model_resolution(out, settings, tuple(recipe.model.resolution))
-    scorer = _Scorer(recipe, backend, pose_of, out, frame, embedder, reference)
+    latent = settings.get("model_kind") == "latent"
+    frame = (256, 128) if latent else model_resolution(out, settings, tuple(recipe.model.resolution))
+    scorer = _Scorer(recipe, backend, pose_of, out, frame, embedder, reference,
+                     align_targets=latent and recipe.augment.align_targets)  # fmt: skip
 
     # prior energies of the targets, with the recipe's threshold
     targets = sorted(set(manifest.loc[syn, "target_pose_source"]) & set(pose_of.index))

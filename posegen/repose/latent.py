@@ -131,7 +131,7 @@ def latent_conditions(source_latent: torch.Tensor, source_kp, target_kp, min_sco
     grid, weight = flow_for(source_kp, target_kp, min_score=min_score)
     dev, dt = source_latent.device, source_latent.dtype
     grid, weight = grid.to(dev), weight.to(dev)
-    background = fill_masked(source_latent, _source_mask(source_kp, _POSE_HW, min_score).to(dev))
+    background = fill_masked(source_latent, _source_mask(source_kp, target_kp, _POSE_HW, min_score).to(dev))
     warped = composite(source_latent, grid, _opaque(weight), background)
     w_lat = F.avg_pool2d(weight, 2).to(dt)
     pose = pose_maps_latent(target_kp, min_score).to(device=dev, dtype=dt)
@@ -150,7 +150,7 @@ def warp_inputs(source_images: torch.Tensor, source_kp, target_kp, min_score: fl
         FRAME_HW, min_score=min_score, **WARP_KWARGS,
     )  # fmt: skip
     dev = source_images.device
-    background = fill_masked(source_images, _source_mask(source_kp, _POSE_HW, min_score).to(dev))
+    background = fill_masked(source_images, _source_mask(source_kp, target_kp, _POSE_HW, min_score).to(dev))
     return composite(source_images, grid.to(dev), _opaque(weight.to(dev)), background)
 
 
@@ -160,10 +160,14 @@ def _opaque(weight: torch.Tensor) -> torch.Tensor:
     return (weight * _BODY_GAIN).clamp(0.0, 1.0)
 
 
-def _source_mask(source_kp, hw, min_score: float) -> torch.Tensor:
-    """The source person's body mask (:func:`body_mask`) on an ``hw`` grid, from keypoints in
-    :data:`FRAME_HW` pixels."""
+def _source_mask(source_kp, target_kp, hw, min_score: float) -> torch.Tensor:
+    """The mask of the source's body parts that the warp moves: :func:`body_mask` on an ``hw`` grid
+    of the source joints that are present in the target too (a part the target pose lacks is not
+    moved, so it is not removed either). Keypoints in :data:`FRAME_HW` pixels."""
     kp = torch.as_tensor(source_kp, dtype=torch.float32).clone()
+    tk = torch.as_tensor(target_kp, dtype=torch.float32)
+    t_present = (tk[..., 2] >= min_score) & (tk[..., 2] > 0)
+    kp[..., 2] = torch.where(t_present, kp[..., 2], torch.zeros_like(kp[..., 2]))
     kp[..., 0] = (kp[..., 0] + 0.5) * hw[1] / FRAME_HW[1] - 0.5
     kp[..., 1] = (kp[..., 1] + 0.5) * hw[0] / FRAME_HW[0] - 0.5
     return body_mask(kp, hw, min_score=min_score, gain=_BODY_GAIN)

@@ -177,7 +177,12 @@ class LatentReposePipeline(DiffusionPipeline):
         device, dtype = self.unet.device, self.unet.dtype
         ae = self.autoencoder.to(device)
         x = torch.from_numpy(frames).permute(0, 3, 1, 2).to(device=device, dtype=torch.float32) / 255.0
-        z_src = ae.encode(x)
+        # one encoding per distinct source image (augment passes each source's K targets together)
+        first: dict[int, int] = {}
+        which = [first.setdefault(id(im), i) for i, im in enumerate(source_images)]
+        uniq = sorted(set(which))
+        z_uniq = ae.encode(x[uniq])
+        z_src = z_uniq[[uniq.index(w) for w in which]]
         cond, warped_latent = latent_conditions(z_src, skp, tkp, min_score)
         z0 = ae.encode(warp_inputs(x, skp, tkp, min_score)) if start == "pixel" else warped_latent
 
