@@ -326,8 +326,16 @@ FRAME = (256, 128)
 
 def make_same_view_pairs(manifest: pd.DataFrame, poses: pd.DataFrame, *, seed: int = 0) -> pd.DataFrame:
     """Fixed same-view pairs: per pid, one pair inside view A (k 00-04) and one inside view B
-    (k 05-09), both images with >= 10 joints of score >= 0.5. Returns ``source, target, pid``."""
-    ok = set(poses.loc[usable_poses(poses, min_score=0.5, min_keypoints=10), "path"])
+    (k 05-09), both images with a plausible pose (>= 10 joints of score >= 0.5 and the geometry of
+    an upright person crop, :func:`posegen.pose.plausibility.pose_plausibility`: the poses
+    ``augment`` would use). Returns ``source, target, pid``."""
+    from posegen.pose.plausibility import pose_plausibility
+
+    good = poses[usable_poses(poses, min_score=0.5, min_keypoints=10).to_numpy()]
+    plaus, _ = pose_plausibility(
+        keypoints_array(good), np.stack([good["width"].to_numpy(), good["height"].to_numpy()], 1), min_keypoints=10
+    )
+    ok = set(good.loc[plaus, "path"])
     m = manifest[manifest["path"].isin(ok)]
     rows = []
     for pid, g in m.groupby("pid", sort=True):

@@ -198,10 +198,11 @@ def _guidance_kwargs(pipe, pose_guidance_scale, appearance_guidance_scale) -> di
     wanted = {"pose_guidance_scale": pose_guidance_scale, "appearance_guidance_scale": appearance_guidance_scale}
     wanted = {k: float(v) for k, v in wanted.items() if v is not None}
     accepted = inspect.signature(pipe.__call__).parameters
-    unsupported = [k for k in wanted if k not in accepted]
+    # 1.0 = no guidance: fine for a model without classifier-free guidance (the latent model)
+    unsupported = [k for k in wanted if k not in accepted and wanted[k] != 1.0]
     if unsupported:
-        raise ValueError(f"this ReposePipeline does not support {', '.join(unsupported)}")
-    return wanted
+        raise ValueError(f"this {type(pipe).__name__} does not support {', '.join(unsupported)}")
+    return {k: v for k, v in wanted.items() if k in accepted}
 
 
 def _write_manifest(rows: list[dict], path: Path) -> None:
