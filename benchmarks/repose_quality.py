@@ -285,6 +285,8 @@ def main() -> None:
     ap.add_argument("--latent-steps", type=int, default=4, help="latent models: DDIM steps")
     ap.add_argument("--starts", nargs="+", default=["pixel"], choices=["pixel", "latent"], help="latent models: SDEdit start")
     ap.add_argument("--no-baselines", action="store_true", help="latent models: only the model rows")
+    ap.add_argument("--modes", nargs="+", default=["repair"], choices=["repair", "whole"],
+                    help="latent models: paste the model's output only where the warp invented pixels (repair) or everywhere")
     args = ap.parse_args()
     if str(args.model) == "default" or _is_latent(args.model):
         torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -444,7 +446,7 @@ def warp_baseline(scorer: FrameScorer, kind: str) -> tuple[list[np.ndarray], np.
     return outs, np.stack(used).astype(np.float32)
 
 
-def latent_generate(pipe, scorer: FrameScorer, *, steps: int, strength: float, batch_size: int, seed: int, start: str = "pixel"):
+def latent_generate(pipe, scorer: FrameScorer, *, steps: int, strength: float, batch_size: int, seed: int, start: str = "pixel", repair_only=None):
     """The model's outputs (sources' sizes), the used target pose in source pixels, and images/s."""
     outs, used = [], []
     n = len(scorer.pairs)
@@ -456,7 +458,7 @@ def latent_generate(pipe, scorer: FrameScorer, *, steps: int, strength: float, b
         imgs, kp = pipe(
             scorer.src_images[sl], scorer.src_kp[sl], scorer.tgt_kp[sl], target_sizes=scorer.tgt_size[sl],
             num_inference_steps=steps, strength=strength, generator=gens, align=False, return_keypoints=True,
-            start=start,
+            start=start, repair_only=repair_only,
         )  # fmt: skip
         outs += imgs
         used += [scale_keypoints(k, (int(ts[0]), int(ts[1])), (im.shape[1], im.shape[0]))
@@ -476,7 +478,8 @@ BASELINES = (
 _AE = None
 
 
-def evaluate_latent(model_dir, pair_sets: dict, recipe, backend, *, strengths, steps, batch_size, seed, starts=("pixel",)) -> dict:
+def evaluate_latent(model_dir, pair_sets: dict, recipe, backend, *, strengths, steps, batch_size, seed, starts=("pixel",),
+                    repair_modes=(True,)) -> dict:
     """Rows per pair set: the baselines and the model at each strength."""
     from posegen.metrics import ReidEmbedder
 
@@ -493,10 +496,12 @@ def evaluate_latent(model_dir, pair_sets: dict, recipe, backend, *, strengths, s
             rows.append({"model": label, "steps": 0, "images_per_s": float("nan"), **summarise(scorer.score(outs, used))})
         for st in strengths:
             for start in starts:
-                outs, used, rate = latent_generate(pipe, scorer, steps=steps, strength=st, batch_size=batch_size,
-                                                   seed=seed, start=start)  # fmt: skip
-                rows.append({"model": f"model, strength {st}, start={start}", "steps": steps, "images_per_s": rate,
-                             **summarise(scorer.score(outs, used))})  # fmt: skip
+                for ro in repair_modes:
+                    outs, used, rate = latent_generate(pipe, scorer, steps=steps, strength=st, batch_size=batch_size,
+                                                       seed=seed, start=start, repair_only=ro)  # fmt: skip
+                    mode = "repair only" if ro else "whole image"
+                    rows.append({"model": f"model, strength {st}, start={start}, {mode}", "steps": steps,
+                                 "images_per_s": rate, **summarise(scorer.score(outs, used))})  # fmt: skip
         out[name] = rows
         Console(width=160).print(render_table(rows, f"{name}: {len(pairs)} CUHK03 val pairs"))
     return out
@@ -523,7 +528,8 @@ def main_latent(args) -> None:
             "cross-view": load_pairs(manifest, poses).head(args.pairs).reset_index(drop=True),
         }
         results = evaluate_latent(model_dir, sets, recipe, be, strengths=args.strengths, steps=args.latent_steps,
-                                  batch_size=args.batch_size, seed=args.seed, starts=args.starts)  # fmt: skip
+                                  batch_size=args.batch_size, seed=args.seed, starts=args.starts,
+                                  repair_modes=[{"repair": True, "whole": False}[m] for m in args.modes])  # fmt: skip
     result = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "commit": commit(),

@@ -175,6 +175,9 @@ class SampleConfig(_Strict):
     start: Literal["pixel", "latent"] = Field(
         "pixel", description="latent model only: SDEdit starts from the encoded pixel warp or the latent warp"
     )
+    repair_only: bool = Field(
+        True, description="latent model only: keep the warp's real pixels; use the model only where the warp invented pixels"
+    )
 
 
 class PoseConfig(_Strict):

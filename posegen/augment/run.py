@@ -410,7 +410,10 @@ def augment(
     progress("generate", total - len(todo), total)
     bs = recipe.sample.batch_size
     if latent_model:
-        guidance = dict(strength=recipe.sample.strength, start=recipe.sample.start, align=recipe.augment.align_targets)
+        guidance = dict(
+            strength=recipe.sample.strength, start=recipe.sample.start, align=recipe.augment.align_targets,
+            repair_only=recipe.sample.repair_only,
+        )  # fmt: skip
     else:
         guidance = _guidance(recipe) if len(todo) else {}
     for start in range(0, len(todo), bs):

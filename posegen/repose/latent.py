@@ -21,6 +21,10 @@ seams. For a source image, its keypoints and a target pose (all in the 256x128 l
    Differential Equations"): the warped latent is noised to ``strength`` (0 = the warp unchanged,
    1 = pure noise) and denoised in a few DDIM steps (Song et al. 2021); the model is trained on
    exactly that timestep range.
+5. **Repair only** (default): the decoded output replaces the pixel warp only inside the repair
+   mask of :func:`warp_inputs` (where the warp invented pixels), as inpainting pipelines keep the
+   unmasked pixels. Measured on 60 same-view CUHK03 val pairs at step 2400: SSIM 0.299 vs 0.291
+   for the whole decoded image, identity 0.873 vs 0.825 (``benchmarks/repose_quality.py``).
 
 Conventions: keypoints are COCO-17 ``(x, y, score)`` in pixels of the working frame (x right, y
 down, pixel-index convention); images ``float32 [B, 3, 256, 128]`` in ``0..1``.
@@ -138,20 +142,34 @@ def latent_conditions(source_latent: torch.Tensor, source_kp, target_kp, min_sco
     return torch.cat([warped, source_latent, pose, w_lat], 1), warped
 
 
-def warp_inputs(source_images: torch.Tensor, source_kp, target_kp, min_score: float = 0.5) -> torch.Tensor:
+def warp_inputs(source_images: torch.Tensor, source_kp, target_kp, min_score: float = 0.5, *, return_repair: bool = False):
     """The pixel-space warp: the warped body composited over the source, ``[B, 3, 256, 128]``.
 
     Args:
         source_images: ``float [B, 3, 256, 128]`` letterboxed sources in ``0..1``.
         source_kp, target_kp: ``float [B, 17, 3]`` COCO-17 in :data:`FRAME_HW` pixels.
+        return_repair: also return the repair mask ``float32 [B, 1, 256, 128]`` in ``[0, 1]``: where
+            the source's moved parts were filled in and the warped body does not cover them (the
+            only pixels the warp had to invent), slightly dilated.
+
+    Returns:
+        The composite, or ``(composite, repair_mask)``.
     """
     grid, weight = limb_flow(
         torch.as_tensor(source_kp, dtype=torch.float32), torch.as_tensor(target_kp, dtype=torch.float32),
         FRAME_HW, min_score=min_score, **WARP_KWARGS,
     )  # fmt: skip
     dev = source_images.device
-    background = fill_masked(source_images, _source_mask(source_kp, target_kp, _POSE_HW, min_score).to(dev))
-    return composite(source_images, grid.to(dev), _opaque(weight.to(dev)), background)
+    fill = _source_mask(source_kp, target_kp, _POSE_HW, min_score).to(dev)
+    background = fill_masked(source_images, fill)
+    body = _opaque(weight.to(dev))
+    out = composite(source_images, grid.to(dev), body, background)
+    if not return_repair:
+        return out
+    fill = F.interpolate(fill, size=FRAME_HW, mode="bilinear", align_corners=False)
+    repair = (fill * (1.0 - body)).clamp(0.0, 1.0)
+    repair = F.max_pool2d(repair, 5, stride=1, padding=2)  # a seam band around the region
+    return out, F.avg_pool2d(repair, 5, stride=1, padding=2, count_include_pad=False)
 
 
 def _opaque(weight: torch.Tensor) -> torch.Tensor:

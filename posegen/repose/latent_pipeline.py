@@ -60,12 +60,14 @@ class LatentReposePipeline(DiffusionPipeline):
         num_inference_steps: int = 4,
         autoencoder_fingerprint: str = "",
         min_score: float = 0.5,
+        repair_only: bool = False,
     ):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
         self.register_to_config(
             strength=float(strength), num_inference_steps=int(num_inference_steps),
             autoencoder_fingerprint=str(autoencoder_fingerprint), min_score=float(min_score),
+            repair_only=bool(repair_only),
         )  # fmt: skip
         self.autoencoder: TAEF2 | None = None
 
@@ -89,6 +91,7 @@ class LatentReposePipeline(DiffusionPipeline):
         output_type: str = "np",
         align: bool = True,
         start: str = "pixel",
+        repair_only: bool | None = None,
         return_keypoints: bool = False,
     ):
         """Re-pose each source image to its target pose.
@@ -116,6 +119,10 @@ class LatentReposePipeline(DiffusionPipeline):
                 letterbox), as pose-transfer benchmarks with a real target image need.
             start: SDEdit's starting latent: ``"pixel"`` = the encoded pixel-space warp (sharper),
                 ``"latent"`` = the latent-space warp the model is conditioned on.
+            repair_only: paste the model's output only where the warp had to invent pixels (the
+                repair mask of :func:`~posegen.repose.latent.warp_inputs`: the source's moved parts
+                not covered by the warped body, plus a seam band) and keep the warp's real pixels
+                elsewhere; False = the decoded model output everywhere. Default: the model's.
             return_keypoints: also return the target keypoints used (after alignment),
                 ``float32 [B, 17, 3]`` in pixels of ``target_sizes`` (per-axis rescaled from the
                 source's pixels, so ``scale_keypoints(kp, target_size, source_size)`` gives them
@@ -162,6 +169,8 @@ class LatentReposePipeline(DiffusionPipeline):
         if isinstance(generator, (list, tuple)) and len(generator) != b:
             raise ValueError(f"got {len(generator)} generators for {b} images; pass one per image")
         min_score = float(self.config.min_score)
+        if repair_only is None:
+            repair_only = bool(getattr(self.config, "repair_only", False))
 
         boxes = [letterbox_params((im.shape[1], im.shape[0]), FRAME_HW) for im in images]
         frames = np.stack([bx.image_to_frame(im) for bx, im in zip(boxes, images)])
@@ -184,7 +193,8 @@ class LatentReposePipeline(DiffusionPipeline):
         z_uniq = ae.encode(x[uniq])
         z_src = z_uniq[[uniq.index(w) for w in which]]
         cond, warped_latent = latent_conditions(z_src, skp, tkp, min_score)
-        z0 = ae.encode(warp_inputs(x, skp, tkp, min_score)) if start == "pixel" else warped_latent
+        pixel_warp, repair = warp_inputs(x, skp, tkp, min_score, return_repair=True)
+        z0 = ae.encode(pixel_warp) if start == "pixel" else warped_latent
 
         sched = self.scheduler
         total = max(steps, int(round(steps / strength)))
@@ -196,7 +206,10 @@ class LatentReposePipeline(DiffusionPipeline):
         for t in timesteps:
             pred = self.unet(torch.cat([lat.to(dtype), cond], 1), t).sample.float()
             lat = sched.step(pred, t, lat, generator=generator).prev_sample
-        out = ae.decode(lat.float()).clamp(0.0, 1.0).cpu()
+        out = ae.decode(lat.float()).clamp(0.0, 1.0)
+        if repair_only:  # keep the warp's real pixels; the model's only where the warp invented them
+            out = repair * out + (1.0 - repair) * pixel_warp
+        out = out.cpu()
 
         if output_type == "pt":
             result = out * 2.0 - 1.0
