@@ -27,18 +27,10 @@ from diffusers.utils.torch_utils import randn_tensor
 from ..latent.frame import from_frame_keypoints, letterbox_params, to_frame_keypoints
 from ..latent.taef2 import TAEF2
 from .latent import FRAME_HW, latent_conditions, warp_inputs
+from .pipeline import _sizes, check_repose_inputs
 from .warp import align_pose
 
 __all__ = ["LatentReposePipeline", "load_latent_pipeline"]
-
-
-def _sizes(sizes, n: int, what: str) -> np.ndarray:
-    arr = np.asarray(sizes, dtype=np.float64)
-    if arr.shape == (2,):
-        arr = np.broadcast_to(arr, (n, 2)).copy()
-    if arr.shape != (n, 2) or (arr <= 0).any():
-        raise ValueError(f"{what} must be one positive (width, height) or one per sample [{n}, 2], got {arr.tolist()}")
-    return arr
 
 
 class LatentReposePipeline(DiffusionPipeline):
@@ -150,18 +142,8 @@ class LatentReposePipeline(DiffusionPipeline):
             raise ValueError(f"strength must be in (0, 1], got {strength}")
         if isinstance(source_images, np.ndarray) and source_images.ndim == 4:
             source_images = list(source_images)
-        images = [np.asarray(im) for im in source_images]
+        images, src_kp, tgt_kp = check_repose_inputs(source_images, source_keypoints, target_keypoints)
         b = len(images)
-        if b == 0:
-            raise ValueError("no source images given")
-        for i, im in enumerate(images):
-            if im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8:
-                raise ValueError(f"source image {i} must be uint8 [H, W, 3] RGB, got {im.dtype} {im.shape}")
-        src_kp = np.asarray(source_keypoints, dtype=np.float32)
-        tgt_kp = np.asarray(target_keypoints, dtype=np.float32)
-        for name, kp in (("source_keypoints", src_kp), ("target_keypoints", tgt_kp)):
-            if kp.shape != (b, 17, 3):
-                raise ValueError(f"{name} must be [{b}, 17, 3] (one COCO-17 pose per image), got {kp.shape}")
         own = np.array([(im.shape[1], im.shape[0]) for im in images], dtype=np.float64)
         if source_sizes is not None and not np.allclose(_sizes(source_sizes, b, "source_sizes"), own):
             raise ValueError("source_sizes must equal the source images' own sizes for this pipeline")

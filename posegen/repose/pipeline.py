@@ -66,6 +66,36 @@ def _sizes(sizes, n: int, what: str) -> np.ndarray:
     return arr
 
 
+def check_repose_inputs(source_images, source_keypoints, target_keypoints):
+    """Validate a re-posing batch (shared by both pipelines).
+
+    Args:
+        source_images: ``B`` images ``uint8 [H_i, W_i, 3]`` (a list, or a ``[B, H, W, 3]`` array).
+        source_keypoints, target_keypoints: ``[B, 17, 3]`` COCO-17 ``(x, y, score)``.
+
+    Returns:
+        ``(images list, source keypoints float32 [B, 17, 3], target keypoints float32 [B, 17, 3])``.
+
+    Raises:
+        ValueError: no images, a non-RGB-uint8 image, or keypoints not ``[B, 17, 3]``.
+    """
+    if isinstance(source_images, np.ndarray) and source_images.ndim == 4:
+        source_images = list(source_images)
+    images = [np.asarray(im) for im in source_images]
+    b = len(images)
+    if b == 0:
+        raise ValueError("no source images given")
+    for i, im in enumerate(images):
+        if im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8:
+            raise ValueError(f"source image {i} must be uint8 [H, W, 3] RGB, got {im.dtype} {im.shape}")
+    src_kp = np.asarray(source_keypoints, dtype=np.float32)
+    tgt_kp = np.asarray(target_keypoints, dtype=np.float32)
+    for name, kp in (("source_keypoints", src_kp), ("target_keypoints", tgt_kp)):
+        if kp.shape != (b, 17, 3):
+            raise ValueError(f"{name} must be [{b}, 17, 3] (one COCO-17 pose per image), got {kp.shape}")
+    return images, src_kp, tgt_kp
+
+
 class ReposePipeline(DiffusionPipeline):
     """Generate a source person in target poses.
 
@@ -285,20 +315,8 @@ class ReposePipeline(DiffusionPipeline):
         use_prior = prior_guidance_scale > 0
         if use_prior and pose_prior is None:
             raise ValueError("prior_guidance_scale > 0 needs a pose_prior (an object with .energy(keypoints))")
-        if isinstance(source_images, np.ndarray) and source_images.ndim == 4:
-            source_images = list(source_images)
-        images = [np.asarray(im) for im in source_images]
+        images, src_kp, tgt_kp = check_repose_inputs(source_images, source_keypoints, target_keypoints)
         b = len(images)
-        if b == 0:
-            raise ValueError("no source images given")
-        for i, im in enumerate(images):
-            if im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8:
-                raise ValueError(f"source image {i} must be uint8 [H, W, 3] RGB, got {im.dtype} {im.shape}")
-        src_kp = np.asarray(source_keypoints, dtype=np.float32)
-        tgt_kp = np.asarray(target_keypoints, dtype=np.float32)
-        for name, kp in (("source_keypoints", src_kp), ("target_keypoints", tgt_kp)):
-            if kp.shape != (b, 17, 3):
-                raise ValueError(f"{name} must be [{b}, 17, 3] (one COCO-17 pose per image), got {kp.shape}")
         if source_sizes is None:
             source_sizes = [(im.shape[1], im.shape[0]) for im in images]
         src_sizes = _sizes(source_sizes, b, "source_sizes")
