@@ -294,7 +294,7 @@ class LatentConfig(_Strict):
     autoencoder: str | None = Field(
         None, description="folder with taef2_encoder.pth / taef2_decoder.pth; null = ../shared/weights/taef2 or $POSEGEN_TAEF2_DIR"
     )
-    steps: int = Field(2400, ge=1)
+    steps: int = Field(4000, ge=1)
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(2e-4, gt=0)
     warmup_steps: int = Field(100, ge=0)

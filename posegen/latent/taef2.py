@@ -138,13 +138,16 @@ class TAEF2(ModelMixin, ConfigMixin):
 def default_taef2_dir() -> Path:
     """Where the TAEF2 ``.pth`` files are looked for when no path is given.
 
-    ``$POSEGEN_TAEF2_DIR`` when set, else ``../shared/weights/taef2`` beside the repository that
-    holds this package (the layout of a source checkout).
+    ``$POSEGEN_TAEF2_DIR`` when set; else ``../shared/weights/taef2`` beside the repository that
+    holds this package (a source checkout), or else beside the current directory (a non-editable
+    install run from the repository root); the first of these two that exists, else the first.
     """
     env = os.environ.get("POSEGEN_TAEF2_DIR")
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parents[3] / "shared" / "weights" / "taef2"
+    rel = Path("shared") / "weights" / "taef2"
+    candidates = [Path(__file__).resolve().parents[3] / rel, Path.cwd().resolve().parent / rel]
+    return next((c for c in candidates if c.is_dir()), candidates[0])
 
 
 def _load_sequential(module: nn.Sequential, path: Path) -> None:

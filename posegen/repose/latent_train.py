@@ -67,7 +67,7 @@ __all__ = [
 class LatentTrainConfig:
     """Training settings of the latent repair model (all plain values; saved as ``config.json``)."""
 
-    steps: int = 3000
+    steps: int = 4000
     batch_size: int = 32
     learning_rate: float = 2e-4
     warmup_steps: int = 100
