@@ -185,25 +185,40 @@ def _default_model():
     return d
 
 
-def test_default_model_reposes_a_real_val_pair(blazepose):
+def test_default_model_reposes_real_val_pairs(blazepose):
+    """The first 8 pairs of the committed same-view benchmark list (CUHK03 val, identities never seen
+    in training): the outputs have a person in the target pose (mean OKS to the target pose the model
+    used, measured 0.61; per pair 0.40-0.86), at the sources' sizes, in under a minute on a CPU."""
     from posegen.data.images import read_image
     from posegen.metrics import oks
+    from posegen.pose.backends import NoPersonFound
     from posegen.pose.keypoints import scale_keypoints
     from posegen.repose import load_pipeline
 
+    from conftest import REPO
+
     _default_model()
     val = require(CUHK03 / "val")
-    src_img, tgt_img = read_image(val / "0001_00.jpg"), read_image(val / "0001_02.jpg")
-    src_kp, tgt_kp = blazepose.estimate(src_img), blazepose.estimate(tgt_img)
+    pairs = pd.read_csv(REPO / "benchmarks" / "quality_pairs_same_view.csv").head(8)
+    src = [read_image(val / p) for p in pairs["source"]]
+    tgt = [read_image(val / p) for p in pairs["target"]]
+    src_kp = np.stack([blazepose.estimate(im) for im in src])
+    tgt_kp = np.stack([blazepose.estimate(im) for im in tgt])
+    sizes = [(im.shape[1], im.shape[0]) for im in tgt]
     t0 = time.perf_counter()
     pipe = load_pipeline(None)
-    out, used = pipe([src_img], src_kp[None], tgt_kp[None], target_sizes=[(tgt_img.shape[1], tgt_img.shape[0])],
-                     generator=[torch.Generator().manual_seed(0)], return_keypoints=True)  # fmt: skip
+    out, used = pipe(src, src_kp, tgt_kp, target_sizes=sizes, generator=[torch.Generator().manual_seed(0) for _ in src],
+                     return_keypoints=True)  # fmt: skip
     assert time.perf_counter() - t0 < 60
-    assert out[0].shape == src_img.shape and out[0].dtype == np.uint8
-    found = blazepose.estimate(out[0])
-    want = scale_keypoints(used[0], (tgt_img.shape[1], tgt_img.shape[0]), (src_img.shape[1], src_img.shape[0]))
-    assert oks(want, found) >= 0.5
+    scores = []
+    for o, s, u, ts in zip(out, src, used, sizes):
+        assert o.shape == s.shape and o.dtype == np.uint8
+        want = scale_keypoints(u, ts, (s.shape[1], s.shape[0]))
+        try:
+            scores.append(oks(want, blazepose.estimate(o)))
+        except NoPersonFound:
+            scores.append(0.0)
+    assert float(np.mean(scores)) >= 0.5, scores
 
 
 def test_bad_model_folders_are_clear_errors(tmp_path):

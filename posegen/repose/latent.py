@@ -23,8 +23,8 @@ seams. For a source image, its keypoints and a target pose (all in the 256x128 l
    exactly that timestep range.
 5. **Repair only** (default): the decoded output replaces the pixel warp only inside the repair
    mask of :func:`warp_inputs` (where the warp invented pixels), as inpainting pipelines keep the
-   unmasked pixels. Measured on 60 same-view CUHK03 val pairs at step 2400: SSIM 0.299 vs 0.291
-   for the whole decoded image, identity 0.873 vs 0.825 (``benchmarks/repose_quality.py``).
+   unmasked pixels. Measured on 60 same-view CUHK03 val pairs at step 2400, strength 0.3: SSIM
+   0.299 vs 0.292 for the whole decoded image, identity 0.873 vs 0.805 (``benchmarks/repose_quality.py``).
 
 Conventions: keypoints are COCO-17 ``(x, y, score)`` in pixels of the working frame (x right, y
 down, pixel-index convention); images ``float32 [B, 3, 256, 128]`` in ``0..1``.
