@@ -4,10 +4,13 @@ plausible target poses, on CUHK03 *val* (identities the default model never saw)
 Runs :func:`posegen.augment.augment` on the first ``--limit`` val images (sorted by path) with the
 ``default`` recipe and the OSNet identity checks, once per variant:
 
-- ``default``: view-matched targets (facing and torso aspect, :func:`posegen.augment.targets.pose_view`),
+- ``default``: view-matched targets (facing and torso aspect, :func:`posegen.augment.targets.pose_view`)
+  whose pose placed on the source person is within OKS [0.5, 0.8) of the source's,
   plausible sources and targets only (:mod:`posegen.pose.plausibility`), targets aligned onto the
   source person;
 - ``no view matching``: ``augment.match_view: false``;
+- ``no pose-distance preference``: ``augment.target_pose_oks: null`` (targets are not preferred by
+  their OKS to the source pose once placed on the source person);
 - ``no plausibility``: ``augment.plausible_only: false``;
 - ``no alignment``: ``augment.align_targets: false``.
 
@@ -41,6 +44,7 @@ OSNET = SHARED / "weights" / "osnet" / "osnet_x0_25_msmt17.onnx"
 VARIANTS = {
     "default": {},
     "no view matching": {"match_view": False},
+    "no pose-distance preference": {"target_pose_oks": None},
     "no plausibility check": {"plausible_only": False},
     "no alignment onto the source": {"align_targets": False},
 }

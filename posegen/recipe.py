@@ -280,6 +280,9 @@ class AugmentConfig(_Strict):
     align_targets: bool = Field(
         True, description="latent model: place each target pose on the source person (translation + scale)"
     )
+    target_pose_oks: tuple[float, float] | None = Field(
+        None, description="(lo, hi): prefer targets whose pose, placed on the source, has lo <= OKS(target, source) < hi"
+    )
     plausible_only: bool = Field(
         False, description="sources and targets must pass posegen.pose.plausibility (upright-crop geometry)"
     )

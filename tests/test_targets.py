@@ -176,3 +176,31 @@ def test_choose_targets_excludes_implausible_bank_rows():
     # a missing value counts as plausible
     unknown = bank.assign(plausible=pd.Series([None] * len(bank), dtype=object))
     assert choose_targets(bank[["path", "pid"]].iloc[[0]], unknown, k=2, seed=3).equals(base)
+
+
+def test_pose_distance_prefers_targets_the_warp_can_honour():
+    """With ``pose_oks_range``, candidates whose pose (placed on the source) is within the OKS band of
+    the source's pose come first (here OKS: near 0.75, far 0.56, same 1.0; band [0.65, 0.8)); the
+    order is otherwise the seeded one (deterministic)."""
+    import pandas as pd
+
+    from conftest import standing_pose
+    from posegen.augment.targets import choose_targets
+
+    src = standing_pose()
+    near = standing_pose(noise=3.0, seed=1)  # another frame of the walk
+    far = src.copy()
+    far[7:11, 1] -= np.array([30, 30, 60, 60], np.float32)  # arms raised over the head
+    far[13:17, 0] += np.array([-15, 15, -30, 30], np.float32)  # legs spread wide
+    same = src.copy()
+    bank = pd.DataFrame({
+        "path": [f"b{i}.jpg" for i in range(6)], "pid": [1, 2, 3, 4, 5, 6],
+        "keypoints": [far, far, far, far, near, same],
+    })  # fmt: skip
+    sources = pd.DataFrame({"path": ["s.jpg"], "pid": [0], "keypoints": [src]})
+    t = choose_targets(sources, bank, k=1, seed=0, pose_oks_range=(0.65, 0.8))
+    assert t["target"].tolist() == ["b4.jpg"]  # not the far poses, not the identical one
+    again = choose_targets(sources, bank, k=1, seed=0, pose_oks_range=(0.65, 0.8))
+    assert again.equals(t)
+    with pytest.raises(ValueError, match="keypoints"):
+        choose_targets(sources.drop(columns="keypoints"), bank, k=1, seed=0, pose_oks_range=(0.65, 0.8))

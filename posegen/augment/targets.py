@@ -106,6 +106,8 @@ def choose_targets(
     match_view: bool = False,
     view_tolerance: float = DEFAULT_VIEW_TOLERANCE,
     min_score: float = 0.5,
+    pose_oks_range: tuple[float, float] | None = None,
+    max_pose_checks: int = 200,
 ) -> pd.DataFrame:
     """Draw ``k`` target poses for every source image, skipping implausible ones.
 
@@ -144,7 +146,13 @@ def choose_targets(
             comes from its own ``keypoints`` or ``facing``/``aspect`` columns in ``sources`` when
             present, else from its row in ``bank`` (unknown when it is in neither).
         view_tolerance: largest ``|aspect(target) - aspect(source)|`` of a matching target.
-        min_score: joint confidence for :func:`pose_view` (``match_view`` only).
+        min_score: joint confidence for :func:`pose_view` (``match_view`` only) and the OKS below.
+        pose_oks_range: ``(lo, hi)``: targets the warp can honour come first (after the view
+            order): those whose pose, placed on the source person
+            (:func:`posegen.repose.warp.align_pose`), has ``lo <= OKS(target, source pose) < hi``
+            (another frame of the same walk, not the same pose). Needs ``keypoints`` in ``sources``
+            and ``bank`` (COCO-17, pixels of each image). Only the first ``max_pose_checks``
+            candidates of a source's order are tested; the rest follow them unchanged.
 
     Returns:
         DataFrame :data:`TARGET_COLUMNS`: ``source, k, target, seed, prior_energy, reason`` with
@@ -178,6 +186,10 @@ def choose_targets(
                 np.where(inb, b_aspect[at], np.nan),
             )
         s_facing, s_known, s_aspect = src_view
+    if pose_oks_range is not None:
+        if "keypoints" not in bank.columns or "keypoints" not in sources.columns:
+            raise ValueError("pose_oks_range needs a 'keypoints' column in sources and bank")
+        bank_kp = bank["keypoints"].to_list()
     rows = []
     for i_src, (src, pid) in enumerate(zip(sources["path"], sources["pid"])):
         cand = bank_paths != src
@@ -193,6 +205,9 @@ def choose_targets(
             gap = np.abs(b_aspect[order] - s_aspect[i_src])
             same &= ~(gap > view_tolerance)  # NaN (unknown aspect) does not count against
             order = np.concatenate([order[same], order[~same]])
+        if pose_oks_range is not None:
+            order = _by_pose_distance(order, sources["keypoints"].iloc[i_src], bank_kp, pose_oks_range,
+                                      plausible, k, max_pose_checks, min_score)  # fmt: skip
         good = order[plausible[order]]
         picks: list[tuple[int, str]] = [(int(t), "") for t in good[:k]]
         if len(picks) < k:
@@ -206,3 +221,26 @@ def choose_targets(
             noise = stable_seed(seed, src, j, "noise") % (2**31)
             rows.append((src, j, bank_paths[t], noise, float(energy[t]), reason))
     return pd.DataFrame(rows, columns=TARGET_COLUMNS)
+
+
+def _by_pose_distance(order, source_kp, bank_kp, oks_range, plausible, k, max_checks, min_score) -> np.ndarray:
+    """``order`` with the candidates whose aligned pose is within ``oks_range`` of the source's
+    first (stable; only the first ``max_checks`` plausible candidates are tested)."""
+    from ..metrics import oks
+    from ..repose.warp import align_pose
+
+    lo, hi = oks_range
+    src = np.asarray(source_kp, dtype=np.float32).reshape(17, 3)
+    head = order[:max_checks]
+    ok = np.zeros(len(head), dtype=bool)
+    found = 0
+    for j, t in enumerate(head):
+        if not plausible[t]:
+            continue
+        tgt = align_pose(np.asarray(bank_kp[t], dtype=np.float32).reshape(17, 3), src, min_score=min_score)
+        v = oks(tgt, src, min_score=min_score)
+        ok[j] = lo <= v < hi
+        found += int(ok[j])
+        if found >= k:
+            break
+    return np.concatenate([head[ok], head[~ok], order[max_checks:]])
