@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -42,24 +41,13 @@ import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from _common import commit as _commit  # noqa: E402
+from _common import machine as _machine  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 CUHK03_TRAIN = SHARED / "data" / "cuhk03-detected" / "detected" / "train"
 MOVENET = SHARED / "weights" / "movenet" / "lite-model_movenet_singlepose_lightning_tflite_int8_4.tflite"
 BLAZEPOSE_HEAVY = SHARED / "weights" / "mediapipe" / "pose_landmark_heavy.tflite"
-
-
-def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
 
 
 def _specs(args) -> list[tuple[str, str | None, dict]]:

@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import ast
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -48,6 +47,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 from _common import commit as _commit  # noqa: E402
+from _common import machine as _machine  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -61,18 +61,6 @@ WEIGHTS = {
     "movenet": SHARED / "weights" / "movenet" / "lite-model_movenet_singlepose_lightning_tflite_int8_4.tflite",
 }
 NOSE, L_HIP, R_HIP = 0, 11, 12
-
-
-def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
 
 
 def parse_config(text: str) -> tuple[str, dict]:

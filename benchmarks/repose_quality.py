@@ -114,28 +114,34 @@ def load_pairs(manifest: pd.DataFrame, poses: pd.DataFrame) -> pd.DataFrame:
     return pairs
 
 
+def _load_pair_data(obj, backend, embedder, pairs: pd.DataFrame, poses: pd.DataFrame, recipe) -> None:
+    """Set what both scorers share on ``obj``: the pairs' images (``uint8 [H, W, 3]``), keypoints
+    (``float32 [N, 17, 3]``, pixels of each image), sizes (``[N, 2]`` width, height) and the
+    sources' re-ID embeddings."""
+    obj.backend, obj.embedder, obj.recipe, obj.pairs = backend, embedder, recipe, pairs
+    kp = dict(zip(poses["path"], keypoints_array(poses)))
+    size = dict(zip(poses["path"], zip(poses["width"], poses["height"])))
+    obj.src_images = [read_image(CUHK03_VAL / p) for p in pairs["source"]]
+    obj.tgt_images = [read_image(CUHK03_VAL / p) for p in pairs["target"]]
+    obj.src_kp = np.stack([kp[p] for p in pairs["source"]]).astype(np.float32)
+    obj.tgt_kp = np.stack([kp[p] for p in pairs["target"]]).astype(np.float32)
+    obj.src_size = np.array([size[p] for p in pairs["source"]], dtype=np.float64)
+    obj.tgt_size = np.array([size[p] for p in pairs["target"]], dtype=np.float64)
+    obj.src_emb = embedder.embed(obj.src_images)
+
+
 class Scorer:
     """Scores outputs at the model resolution against pairs (see the module docstring)."""
 
     def __init__(self, backend, embedder, pairs: pd.DataFrame, poses: pd.DataFrame, resolution, recipe):
-        self.backend, self.embedder, self.recipe = backend, embedder, recipe
+        _load_pair_data(self, backend, embedder, pairs, poses, recipe)
         self.h, self.w = resolution
-        kp = dict(zip(poses["path"], keypoints_array(poses)))
-        size = dict(zip(poses["path"], zip(poses["width"], poses["height"])))
-        self.pairs = pairs
-        self.src_images = [read_image(CUHK03_VAL / p) for p in pairs["source"]]
-        self.tgt_images = [read_image(CUHK03_VAL / p) for p in pairs["target"]]
-        self.src_kp = np.stack([kp[p] for p in pairs["source"]]).astype(np.float32)
-        self.tgt_kp = np.stack([kp[p] for p in pairs["target"]]).astype(np.float32)
-        self.src_size = np.array([size[p] for p in pairs["source"]], dtype=np.float64)
-        self.tgt_size = np.array([size[p] for p in pairs["target"]], dtype=np.float64)
         # target pose and real target image in the model frame
         self.tgt_kp_model = np.stack(
             [scale_keypoints(k, tuple(s), (self.w, self.h)) for k, s in zip(self.tgt_kp, self.tgt_size)]
         )
         self.tgt_model = np.stack([resize_image(im, (self.h, self.w)) for im in self.tgt_images])
         self.src_model = np.stack([resize_image(im, (self.h, self.w)) for im in self.src_images])
-        self.src_emb = embedder.embed(self.src_images)
 
     def score(self, outputs: np.ndarray) -> pd.DataFrame:
         """Per-pair metrics of ``outputs`` (``uint8 [N, h, w, 3]``, model resolution).
@@ -364,17 +370,8 @@ class FrameScorer:
     """Scores outputs written at each source's size (see the module docstring, latent models)."""
 
     def __init__(self, backend, embedder, pairs: pd.DataFrame, poses: pd.DataFrame, recipe):
-        self.backend, self.embedder, self.recipe, self.pairs = backend, embedder, recipe, pairs
-        kp = dict(zip(poses["path"], keypoints_array(poses)))
-        size = dict(zip(poses["path"], zip(poses["width"], poses["height"])))
-        self.src_images = [read_image(CUHK03_VAL / p) for p in pairs["source"]]
-        self.tgt_images = [read_image(CUHK03_VAL / p) for p in pairs["target"]]
-        self.src_kp = np.stack([kp[p] for p in pairs["source"]]).astype(np.float32)
-        self.tgt_kp = np.stack([kp[p] for p in pairs["target"]]).astype(np.float32)
-        self.src_size = np.array([size[p] for p in pairs["source"]], dtype=np.float64)
-        self.tgt_size = np.array([size[p] for p in pairs["target"]], dtype=np.float64)
+        _load_pair_data(self, backend, embedder, pairs, poses, recipe)
         self.tgt_frame = np.stack([resize_image(im, FRAME) for im in self.tgt_images])
-        self.src_emb = embedder.embed(self.src_images)
 
     def score(self, outputs: list[np.ndarray], used_kp: np.ndarray) -> pd.DataFrame:
         """``outputs[i]``: ``uint8 [H_i, W_i, 3]`` at source i's size; ``used_kp``: ``[N, 17, 3]`` the
@@ -402,9 +399,9 @@ class FrameScorer:
         )
 
 
-def warp_baseline(scorer: FrameScorer, kind: str) -> tuple[list[np.ndarray], np.ndarray]:
-    """Outputs of a warp baseline (``source``, ``warp``, ``warp-source``, ``constrained-source``,
-    ``constrained-fill``) at the sources' sizes, and the target pose used (source pixels)."""
+def warp_baseline(scorer: FrameScorer, kind: str, autoencoder=None) -> tuple[list[np.ndarray], np.ndarray]:
+    """Outputs of a warp baseline (a kind of :data:`BASELINES`) at the sources' sizes, and the
+    target pose used (source pixels); ``autoencoder`` (TAEF2) for ``encoded-warp`` / ``latent-warp``."""
     from posegen.latent import from_frame_keypoints, letterbox_params, to_frame_keypoints
     from posegen.repose.latent import FRAME_HW, WARP_KWARGS, latent_conditions, warp_inputs
     from posegen.repose.warp import composite, limb_flow, warp
@@ -434,11 +431,11 @@ def warp_baseline(scorer: FrameScorer, kind: str) -> tuple[list[np.ndarray], np.
             y = warp_inputs(x, skp, tkp)
         elif kind == "latent-warp":  # the same warp applied to the latent (flow at 32x16), decoded
             with torch.no_grad():
-                _, wl = latent_conditions(_AE.encode(x), skp, tkp)
-                y = _AE.decode(wl)
+                _, wl = latent_conditions(autoencoder.encode(x), skp, tkp)
+                y = autoencoder.decode(wl)
         elif kind == "encoded-warp":  # the pixel warp through the autoencoder (SDEdit's start)
             with torch.no_grad():
-                y = _AE.decode(_AE.encode(warp_inputs(x, skp, tkp)))
+                y = autoencoder.decode(autoencoder.encode(warp_inputs(x, skp, tkp)))
         else:
             raise ValueError(kind)
         u8 = (y[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
@@ -475,24 +472,21 @@ BASELINES = (
     ("encoded-warp", "... through TAEF2 (SDEdit start, start=pixel)"),
     ("latent-warp", "... warped in latent space (start=latent)"),
 )
-_AE = None
 
 
-def evaluate_latent(model_dir, pair_sets: dict, recipe, backend, *, strengths, steps, batch_size, seed, starts=("pixel",),
-                    repair_modes=(True,)) -> dict:
+def evaluate_latent(model_dir, pair_sets: dict, poses, recipe, backend, *, strengths, steps, batch_size, seed,
+                    starts=("pixel",), repair_modes=(True,), baselines=True) -> dict:
     """Rows per pair set: the baselines and the model at each strength."""
     from posegen.metrics import ReidEmbedder
 
-    global _AE
     pipe = load_pipeline(model_dir)
-    _AE = pipe.autoencoder
     embedder = ReidEmbedder(OSNET)
     out = {}
     for name, pairs in pair_sets.items():
-        scorer = FrameScorer(backend, embedder, pairs, _POSES, recipe)
+        scorer = FrameScorer(backend, embedder, pairs, poses, recipe)
         rows = []
-        for kind, label in (() if _NO_BASELINES else BASELINES):
-            outs, used = warp_baseline(scorer, kind)
+        for kind, label in BASELINES if baselines else ():
+            outs, used = warp_baseline(scorer, kind, pipe.autoencoder)
             rows.append({"model": label, "steps": 0, "images_per_s": float("nan"), **summarise(scorer.score(outs, used))})
         for st in strengths:
             for start in starts:
@@ -507,14 +501,10 @@ def evaluate_latent(model_dir, pair_sets: dict, recipe, backend, *, strengths, s
     return out
 
 
-_POSES = None
-_NO_BASELINES = False
 
 
 def main_latent(args) -> None:
     """The latent-model protocol (see the module docstring)."""
-    global _POSES, _NO_BASELINES
-    _NO_BASELINES = bool(args.no_baselines)
     recipe = load_recipe(args.recipe if args.recipe != "tiny" else "default")
     model_dir = None if str(args.model) == "default" else _pipeline_dir(args.model)
     t0 = time.perf_counter()
@@ -522,13 +512,13 @@ def main_latent(args) -> None:
         if not CUHK03_VAL.is_dir():
             sys.exit(f"data not found: {CUHK03_VAL} (the ../shared folder beside the repository)")
         manifest, poses = val_poses(be)
-        _POSES = poses
         sets = {
             "same-view": load_same_view_pairs(manifest, poses).head(args.pairs).reset_index(drop=True),
             "cross-view": load_pairs(manifest, poses).head(args.pairs).reset_index(drop=True),
         }
-        results = evaluate_latent(model_dir, sets, recipe, be, strengths=args.strengths, steps=args.latent_steps,
+        results = evaluate_latent(model_dir, sets, poses, recipe, be, strengths=args.strengths, steps=args.latent_steps,
                                   batch_size=args.batch_size, seed=args.seed, starts=args.starts,
+                                  baselines=not args.no_baselines,
                                   repair_modes=[{"repair": True, "whole": False}[m] for m in args.modes])  # fmt: skip
     result = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
