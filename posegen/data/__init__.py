@@ -4,7 +4,7 @@ See :mod:`posegen.data.layouts` for the manifest's columns and the layouts, and
 :mod:`posegen.data.images` for :func:`read_image` and its errors.
 """
 
-from posegen.data.images import IMAGE_EXTENSIONS, MIN_IMAGE_SIDE, ImageReadError, is_image_file, read_image
+from posegen.data.images import IMAGE_EXTENSIONS, MIN_IMAGE_SIDE, ImageReadError, is_image_file, read_image, read_image_fit
 from posegen.data.layouts import (
     LAYOUTS,
     MANIFEST_COLUMNS,
@@ -20,6 +20,7 @@ __all__ = [
     "ImageReadError",
     "is_image_file",
     "read_image",
+    "read_image_fit",
     "LAYOUTS",
     "MANIFEST_COLUMNS",
     "LayoutError",

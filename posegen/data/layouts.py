@@ -93,17 +93,35 @@ _Row = tuple[str, int, int, str, str]
 
 
 def _image_names(folder: Path) -> list[str]:
-    """Names of the non-hidden image files directly in ``folder`` (sorted; [] if not a folder)."""
+    """Names of the non-hidden image files directly in ``folder`` (sorted; [] if not a folder).
+
+    Symlinks with an image name are listed even when dangling or looping, so the stage that reads
+    them records why they are unusable instead of dropping them silently.
+    """
     if not folder.is_dir():
         return []
     with os.scandir(folder) as it:
-        return sorted(e.name for e in it if not e.name.startswith(".") and e.is_file() and is_image_file(e.name))
+        return sorted(e.name for e in it if not e.name.startswith(".") and _file_or_link(e) and is_image_file(e.name))
+
+
+def _file_or_link(entry: os.DirEntry) -> bool:
+    """A regular file, or a symlink (possibly dangling or looping: ``is_file`` raises for a loop)."""
+    try:
+        return entry.is_file() or entry.is_symlink()
+    except OSError:
+        return True
 
 
 def _subfolders(folder: Path) -> list[str]:
     """Names of the non-hidden sub-folders of ``folder`` (sorted)."""
+    def is_dir(e: os.DirEntry) -> bool:
+        try:
+            return e.is_dir()
+        except OSError:  # a symlink loop
+            return False
+
     with os.scandir(folder) as it:
-        return sorted(e.name for e in it if not e.name.startswith(".") and e.is_dir())
+        return sorted(e.name for e in it if not e.name.startswith(".") and is_dir(e))
 
 
 def _parse_market1501(root: Path) -> list[_Row]:
