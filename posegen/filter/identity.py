@@ -33,6 +33,11 @@ def load_embedder(path: str | os.PathLike | None):
     return ReidEmbedder(Path(path).expanduser())
 
 
+#: Reference images larger than this (pixels, longest side) are downscaled when read (the embedder
+#: resizes them to its small input anyway); keeps memory bounded for huge photos.
+_MAX_SIDE = 2048
+
+
 class IdentityReference:
     """Embeddings of real images: each source, and each identity's real images in one split.
 
@@ -73,7 +78,7 @@ class IdentityReference:
         self.unreadable: list[str] = []
         for p in paths:
             try:
-                images.append(read_image(self.root / p))
+                images.append(read_image(self.root / p, max_side=_MAX_SIDE))
                 ok.append(p)
             except Exception:  # noqa: BLE001 - a broken image is skipped, the run goes on
                 self.unreadable.append(p)

@@ -15,12 +15,16 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from ..data.images import ImageReadError, read_image
+from ..data.images import ImageReadError, read_image_fit
 from .backends import NoPersonFound, PoseBackend
 from .formats import new_poses_frame, read_poses, write_poses
-from .keypoints import empty_keypoints, num_confident
+from .keypoints import empty_keypoints, num_confident, scale_keypoints
 
-__all__ = ["extract_poses", "estimate_one", "pose_summary", "usable_poses"]
+__all__ = ["extract_poses", "estimate_one", "pose_summary", "usable_poses", "POSE_MAX_SIDE"]
+
+#: Images larger than this (pixels, longest side) are downscaled before pose estimation; the
+#: keypoints are mapped back to the file's full size. Keeps memory bounded for huge photos.
+POSE_MAX_SIDE = 2048
 
 
 def estimate_one(backend: PoseBackend, image_path: str | os.PathLike) -> dict:
@@ -30,6 +34,9 @@ def estimate_one(backend: PoseBackend, image_path: str | os.PathLike) -> dict:
         backend: the pose backend.
         image_path: the image file.
 
+    Images larger than :data:`POSE_MAX_SIDE` are estimated on a downscaled copy (EXIF orientation
+    applied); keypoints, ``width`` and ``height`` are in pixels of the full upright image.
+
     Returns:
         A dict with ``width``, ``height`` (pixels; -1 if unreadable), ``keypoints``
         (``float32 [17, 3]``, zeros on failure), ``status`` (``"ok"``/``"failed"``) and ``reason``
@@ -37,12 +44,14 @@ def estimate_one(backend: PoseBackend, image_path: str | os.PathLike) -> dict:
         ``"no person found"`` or ``"pose backend error: ..."``).
     """
     try:
-        image = read_image(image_path)
+        image, (w, h) = read_image_fit(image_path, max_side=POSE_MAX_SIDE)
     except ImageReadError as e:
         return dict(width=-1, height=-1, keypoints=empty_keypoints(), status="failed", reason=e.reason)
-    h, w = image.shape[:2]
+    ih, iw = image.shape[:2]
     try:
         kp = backend.estimate(image)
+        if (iw, ih) != (w, h):  # estimated on a downscaled copy: back to the file's pixels
+            kp = scale_keypoints(kp, (iw, ih), (w, h))
     except NoPersonFound:
         return dict(width=w, height=h, keypoints=empty_keypoints(), status="failed", reason="no person found")
     except Exception as e:  # a backend crash on one image must not stop the run

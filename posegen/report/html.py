@@ -30,6 +30,11 @@ PLOT_NAME = "report-scores.png"
 #: Thumbnail folder, relative to OUT.
 THUMB_DIR = ".posegen/report"
 _THUMB_HEIGHT = 128
+#: Images are decoded at most this large (pixels, longest side) for thumbnails, and skeletons are
+#: drawn at most this high: memory stays small whatever the image size.
+_THUMB_MAX_SIDE = 512
+#: Most rejected input images listed by name in the report.
+_MAX_INPUT_ROWS = 200
 
 
 def sample_rows(synthetic: pd.DataFrame, rows: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -90,6 +95,22 @@ def _thumb(image: np.ndarray, path: Path) -> None:
     atomic_save_image(img.convert("RGB").resize((tw, _THUMB_HEIGHT), Image.BICUBIC), path)
 
 
+def _bad_inputs_section(bad: pd.DataFrame) -> str:
+    """HTML listing the real input images that could not be used (path and reason), or ``""``."""
+    if not len(bad):
+        return ""
+    rows = "".join(
+        f"<tr><td>{html.escape(str(p))}</td><td>{html.escape(str(r))}</td></tr>"
+        for p, r in zip(bad["source"].head(_MAX_INPUT_ROWS), bad["reason"].head(_MAX_INPUT_ROWS))
+    )
+    more = f'<p class="muted">… and {len(bad) - _MAX_INPUT_ROWS} more (see manifest.parquet)</p>' if len(bad) > _MAX_INPUT_ROWS else ""
+    return (
+        f"<h2>Rejected input images: {len(bad)}</h2>"
+        '<p class="muted">Real images of DIR that could not be read; not copied into OUT, never re-posed.</p>'
+        f"<table><tr><th>image</th><th>reason</th></tr>{rows}</table>{more}"
+    )
+
+
 def _key(*parts) -> str:
     return hashlib.blake2b(repr(parts).encode(), digest_size=8).hexdigest()
 
@@ -144,7 +165,10 @@ def write_report(
 
     Returns:
         The path of ``report.html``. Thumbnails are written under ``OUT/.posegen/report/``; the ones
-        no longer referenced are removed. A row whose image or pose is missing shows a dash.
+        no longer referenced are removed. A row whose image or pose is missing shows a dash. Real
+        input images that could not be used (``kept`` False) are listed with their reason.
+        Images are decoded downscaled and skeletons drawn at thumbnail scale, so memory stays
+        bounded for huge images.
     """
     out = Path(out_dir)
     thumbs = out / THUMB_DIR
@@ -171,7 +195,7 @@ def write_report(
         return f'<td class="img"><img src="{html.escape(f"{THUMB_DIR}/{name}")}" alt=""></td>'
 
     def source_cell(src: str) -> str:
-        return img_cell(f"src-{_key(src)}.png", lambda: read_image(out / src))
+        return img_cell(f"src-{_key(src)}.png", lambda: read_image(out / src, max_side=_THUMB_MAX_SIDE))
 
     def pose_cell(r) -> str:
         tgt, src = r["target_pose_source"], r["source"]
@@ -184,14 +208,19 @@ def write_report(
         else:
             return '<td class="img">—</td>'
         tsize = (int(bank.loc[tgt, "width"]), int(bank.loc[tgt, "height"]))
+        key = _key(tgt, w, h)
+        if h > _THUMB_MAX_SIDE:  # draw the skeleton at thumbnail scale: memory grows with its area
+            w, h = max(1, round(w * _THUMB_MAX_SIDE / h)), _THUMB_MAX_SIDE
         kp = scale_keypoints(bank.loc[tgt, "keypoints"], tsize, (w, h))
-        return img_cell(f"pose-{_key(tgt, w, h)}.png", lambda: skeleton_image(kp, (w, h), min_score))
+        return img_cell(f"pose-{key}.png", lambda: skeleton_image(kp, (w, h), min_score))
 
     def out_cell(r) -> str:
         if not r["path"]:
             return '<td class="img muted">not generated</td>'
         p = out / r["path"]
-        return img_cell(f"out-{_key(r['path'], p.stat().st_mtime_ns if p.exists() else 0)}.png", lambda: read_image(p))
+        return img_cell(
+            f"out-{_key(r['path'], p.stat().st_mtime_ns if p.exists() else 0)}.png", lambda: read_image(p, max_side=_THUMB_MAX_SIDE)
+        )
 
     def scores_cell(r) -> str:
         decision = '<span class="kept">kept</span>' if r["kept"] else f'<span class="rejected">{html.escape(str(r["reason"]))}</span>'
@@ -213,6 +242,8 @@ def write_report(
         )
         return head + '<table class="sheet"><tr><th>source</th><th>target pose</th><th>output</th><th>scores</th></tr>' + body + "</table>"
 
+    real_all = manifest[~manifest["synthetic"].astype(bool)]
+    bad_inputs = real_all[~real_all["kept"].astype(bool)].sort_values("path")
     n_kept = int(syn_all["kept"].astype(bool).sum())
     n_rej_total = int((~syn_all["kept"].astype(bool)).sum())
     reasons = syn_all.loc[~syn_all["kept"].astype(bool), "reason"].value_counts()
@@ -228,8 +259,9 @@ def write_report(
         f"<title>{html.escape(title or out.name)} — posegen report</title><style>{_CSS}</style></head><body>",
         f"<h1>posegen augment report: {html.escape(title or out.name)}</h1>",
         "".join(f'<p class="note">{html.escape(str(n))}</p>' for n in notes),
-        "<table><tr><th>real images</th><th>generated</th><th>kept</th><th>rejected</th></tr>",
-        f"<tr><td>{int((~manifest['synthetic'].astype(bool)).sum())}</td><td>{len(syn)}</td><td>{n_kept}</td><td>{n_rej_total}</td></tr></table>",
+        "<table><tr><th>real images</th><th>rejected input images</th><th>generated</th><th>kept</th><th>rejected</th></tr>",
+        f"<tr><td>{len(real_all) - len(bad_inputs)}</td><td>{len(bad_inputs)}</td><td>{len(syn)}</td><td>{n_kept}</td><td>{n_rej_total}</td></tr></table>",
+        _bad_inputs_section(bad_inputs),
         "<h2>Thresholds</h2><table>",
         "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in thresholds),
         "</table><h2>Rejected, by reason</h2><table><tr><th>reason</th><th>images</th></tr>",
