@@ -69,7 +69,7 @@ class ReidEmbedder:
     Raises:
         FileNotFoundError: ``path`` or one of its external data files does not exist (the message
             names the path).
-        ValueError: the graph's input is not ``[N, 3, H, W]`` or its fixed ``H, W`` differ from
+        ValueError: the file is not a loadable ONNX model, the graph's input is not ``[N, 3, H, W]`` or its fixed ``H, W`` differ from
             ``input_hw``.
     """
 
@@ -100,7 +100,8 @@ class ReidEmbedder:
         except Exception as exc:  # onnxruntime raises its own Fail / NoSuchFile types
             if "No such file" in str(exc) or "not exist" in str(exc):
                 raise FileNotFoundError(f"cannot load the ONNX model {self.path}: {exc}") from exc
-            raise
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ValueError(f"cannot load the ONNX model {self.path} (not a valid ONNX file?): {first}") from exc
         inp = self._session.get_inputs()[0]
         shape = list(inp.shape)
         if len(shape) != 4 or shape[1] not in (3, "3"):

@@ -432,7 +432,11 @@ def load_pipeline(
             if scheduler not in (None, "ddim"):
                 raise ValueError(f"the latent model samples with ddim only, got scheduler {scheduler!r}")
             return load_latent_pipeline(path, autoencoder=autoencoder, device=device, dtype=dtype)
-    pipe = ReposePipeline.from_pretrained(path)
+    try:
+        pipe = ReposePipeline.from_pretrained(path)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"cannot load the re-posing model in {path}: {first}") from exc
     if scheduler is not None:
         pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
