@@ -41,8 +41,15 @@ Output conventions
   ``seam_fraction``, ``sharpness_ratio`` (image-artifact scores, :mod:`posegen.filter.artifacts`),
   ``prior_energy`` (the target pose's prior energy) — NaN when not computed (real images, identity checks without re-ID weights),
   then ``kept``, ``reason``, ``width``, ``height`` (pixels of the written image).
+  A real input image that cannot be used (corrupt, empty, not an image, too small, a dangling
+  symlink or symlink loop, unreadable) has a real row with ``kept=False`` and a reason starting with
+  ``"rejected: "`` (e.g. ``"rejected: unreadable image (not an image file)"``); it is not copied
+  into OUT and the run goes on. Images are read upright (EXIF orientation applied); real images
+  are copied byte for byte. Sources larger than :data:`SOURCE_MAX_SIDE` pixels are downscaled
+  before generation and their outputs written at that size.
 - ``OUT/.posegen/``: the run's state: ``run.json`` (settings and notes, e.g. skipped identity
-  checks), ``poses.parquet`` (the pose bank), ``parts/`` (one Parquet per finished batch),
+  checks), ``poses.parquet`` (the pose bank), ``real.parquet`` (the real images copied),
+  ``parts/`` (one Parquet per finished batch),
   ``rejected/``, ``report/`` (the report's thumbnails), and ``model-run/`` when a model was
   trained. A run is rebuilt from OUT alone: ``resume=True`` skips finished work.
 - Images are scored exactly as written: an output is resized to the source's size and encoded
@@ -58,6 +65,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +79,7 @@ from .. import __version__
 from .._io import atomic_to_parquet, atomic_write, atomic_write_bytes, atomic_write_json
 from ..data import load_dataset
 from ..data.images import read_image
+from ..pose.extract import POSE_MAX_SIDE
 from ..filter.identity import IdentityReference, load_embedder
 from ..filter.scores import filter_batch
 from ..pose.backends import PoseBackend
@@ -81,10 +90,23 @@ from .targets import choose_targets
 
 __all__ = [
     "augment", "synthetic_name", "summarize", "encode_image", "OutputDirError", "MANIFEST_COLUMNS",
-    "SCORE_COLUMNS", "NO_REID_NOTE", "STATE_DIR",
+    "SCORE_COLUMNS", "NO_REID_NOTE", "STATE_DIR", "SOURCE_MAX_SIDE", "INPUT_REJECTED", "written_files",
 ]  # fmt: skip
 
 STATE_DIR = ".posegen"
+
+#: Source images larger than this (pixels, longest side) are downscaled before generation and
+#: scoring; their outputs are written at the downscaled size (memory stays bounded for huge photos).
+SOURCE_MAX_SIDE = POSE_MAX_SIDE
+
+#: Prefix of the ``reason`` of a real input image that cannot be used (unreadable, missing, too
+#: small): its manifest row has ``kept=False`` and the file is not copied into OUT.
+INPUT_REJECTED = "rejected:"
+
+#: Files posegen writes at the top of OUT (besides the images listed in the manifest).
+_OWN_FILES = ("manifest.parquet", "report.html", "report-scores.png")
+#: Temporary files of :func:`posegen._io.atomic_write` (``.<name>.<8 random chars>.tmp``).
+_TMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
 
 MANIFEST_COLUMNS = [
     "path", "pid", "camid", "split", "synthetic", "source", "k", "target_pose_source", "seed",
@@ -125,28 +147,118 @@ def synthetic_name(rel_path: str, k: int) -> str:
 def _check_dirs(root: Path, out: Path) -> None:
     if out == root or out.is_relative_to(root) or root.is_relative_to(out):
         raise OutputDirError(f"OUT ({out}) must not be DIR ({root}), inside it, or contain it: DIR is never modified")
+    if out.exists() and not out.is_dir():
+        raise OutputDirError(f"OUT ({out}) exists and is not a folder: choose a folder path for --out")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputDirError(f"cannot create OUT ({out}): {parent} is not a folder")
+            break
+
+
+def _read_run_json(path: Path) -> dict | None:
+    """The run record, or None when it is missing or unreadable (e.g. a run killed while writing it)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _remove_tmp_files(out: Path) -> int:
+    """Delete leftovers of interrupted atomic writes (``.<name>.<random>.tmp``) under OUT; their count."""
+    n = 0
+    for dirpath, _, files in os.walk(out):
+        for f in files:
+            if _TMP_NAME.match(f):
+                Path(dirpath, f).unlink(missing_ok=True)
+                n += 1
+    return n
+
+
+def _holds_nothing_of_value(out: Path) -> bool:
+    """True if every file under OUT is posegen state without a usable run record.
+
+    That is: all files are under ``OUT/.posegen/`` and are temporary leftovers or a run record
+    that cannot be read — what a run killed while writing its first ``run.json`` leaves.
+    """
+    run_json = out / STATE_DIR / "run.json"
+    if _read_run_json(run_json) is not None:
+        return False
+    for dirpath, _, files in os.walk(out):
+        d = Path(dirpath)
+        for f in files:
+            p = d / f
+            if not p.is_relative_to(out / STATE_DIR):
+                return False
+            if p != run_json and not _TMP_NAME.match(f):
+                return False
+    return True
+
+
+def written_files(out: str | os.PathLike) -> list[Path]:
+    """The files of OUT that posegen augment wrote, as recorded in OUT itself.
+
+    These are the images listed in ``OUT/manifest.parquet`` and in the run's part files, the real
+    images it planned to copy (``OUT/.posegen/real.parquet``), ``manifest.parquet``,
+    ``report.html`` and ``report-scores.png``. The ``OUT/.posegen/`` state folder is posegen's too
+    (not listed). Only existing files are returned, sorted.
+    """
+    out = Path(out)
+    state = out / STATE_DIR
+    rel: set[str] = set(_OWN_FILES)
+    tables = [out / "manifest.parquet", state / "real.parquet", *sorted((state / "parts").glob("part-*.parquet"))]
+    for t in tables:
+        try:
+            rel.update(p for p in pd.read_parquet(t, columns=["path"])["path"].astype(str) if p)
+        except Exception:  # noqa: BLE001 - a missing or unreadable table lists nothing
+            continue
+    files = []
+    for r in rel:
+        p = out / r
+        if p.is_relative_to(out) and ".." not in Path(r).parts and (p.is_file() or p.is_symlink()):
+            files.append(p)
+    return sorted(files)
+
+
+def _remove_own_output(out: Path) -> None:
+    """Delete what posegen wrote in OUT (:func:`written_files` and ``.posegen/``), nothing else;
+    folders left empty by that are removed too."""
+    dirs: set[Path] = set()
+    for p in written_files(out):
+        p.unlink(missing_ok=True)
+        dirs.update(q for q in p.parents if q.is_relative_to(out) and q != out)
+    shutil.rmtree(out / STATE_DIR, ignore_errors=True)
+    for d in sorted(dirs, key=lambda q: len(q.parts), reverse=True):  # deepest first
+        try:
+            d.rmdir()
+        except OSError:
+            pass  # not empty: it holds files posegen did not write
 
 
 def _prepare_out(out: Path, settings: dict, resume: bool, overwrite: bool) -> None:
     run_json = out / STATE_DIR / "run.json"
     if out.exists() and any(out.iterdir()):
-        if overwrite:
-            if not run_json.exists():
+        if _holds_nothing_of_value(out):  # e.g. killed while writing the first run.json: start afresh
+            shutil.rmtree(out / STATE_DIR, ignore_errors=True)
+        elif overwrite:
+            if _read_run_json(run_json) is None:
                 raise OutputDirError(
-                    f"{out} is not empty and was not written by posegen augment (no {STATE_DIR}/run.json): "
+                    f"{out} is not empty and was not written by posegen augment (no readable {STATE_DIR}/run.json): "
                     "refusing to delete it; choose another --out"
                 )
-            shutil.rmtree(out)
+            _remove_own_output(out)
         elif resume:
-            if not run_json.exists():
-                raise OutputDirError(f"cannot resume: {run_json} not found")
-            before = json.loads(run_json.read_text())
+            before = _read_run_json(run_json)
+            if before is None:
+                raise OutputDirError(f"cannot resume: {run_json} not found or unreadable")
             diff = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
             if diff:
                 raise OutputDirError(
                     f"cannot resume {out}: settings differ from the interrupted run in {diff}; "
                     "use the same options or --overwrite"
                 )
+            _remove_tmp_files(out)
         else:
             raise OutputDirError(f"{out} is not empty: pass --resume to continue a run or --overwrite to replace it")
     out.mkdir(parents=True, exist_ok=True)
@@ -156,6 +268,44 @@ def _prepare_out(out: Path, settings: dict, resume: bool, overwrite: bool) -> No
 def _copy_file(src: Path, dst: Path) -> None:
     if not dst.exists():
         atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
+
+
+def _input_rejection(pose_reason: str) -> str | None:
+    """The manifest reason of a real input image its pose stage could not read, else None.
+
+    ``"unreadable: not an image file"`` -> ``"rejected: unreadable image (not an image file)"``;
+    likewise ``"missing: ..."`` and ``"too small: ..."``.
+    """
+    kind, _, detail = str(pose_reason).partition(":")
+    label = {"unreadable": "unreadable image", "missing": "missing image", "too small": "image too small"}.get(kind)
+    if label is None:
+        return None
+    return f"{INPUT_REJECTED} {label} ({detail.strip()})" if detail.strip() else f"{INPUT_REJECTED} {label}"
+
+
+def _check_model(pipe, recipe: Recipe, scheduler: str | None, explicit_scheduler: str | None) -> None:
+    """Validate the model against the run's settings before OUT is touched.
+
+    Raises:
+        ValueError: unknown scheduler name, a scheduler the latent model cannot use, or a pixel-space
+            model whose resolution differs from the recipe's (its filter thresholds would apply to
+            the wrong size).
+    """
+    from ..repose import make_scheduler
+
+    latent = bool(getattr(pipe, "returns_source_size", False)) if pipe is not None else recipe.latent is not None
+    if latent:
+        if explicit_scheduler is not None and explicit_scheduler.lower() != "ddim":
+            raise ValueError(f"the latent model samples with ddim only, got scheduler {explicit_scheduler!r}")
+        return
+    make_scheduler(scheduler, getattr(getattr(pipe, "scheduler", None), "config", None))  # raises for a bad name
+    if pipe is not None and tuple(pipe.resolution) != tuple(recipe.model.resolution):
+        h, w = tuple(pipe.resolution)
+        rh, rw = tuple(recipe.model.resolution)
+        raise ValueError(
+            f"the model generates {h}x{w} images but recipe {recipe.name!r} is for {rh}x{rw} "
+            "(its filter thresholds are calibrated at that size): pass the recipe the model was trained with"
+        )
 
 
 def _load_model(model: str | os.PathLike | None):
@@ -218,9 +368,12 @@ class _Scorer:
         """
         src_imgs, src_kp, tgt_kp, src_emb, others = [], [], [], [], []
         for i, (img, src, tgt, pid) in enumerate(zip(images, sources, targets, pids)):
-            src_img = read_image(self.sources_root / src) if source_images is None else source_images[i]
+            if source_images is None:
+                src_img = read_image(self.sources_root / src, max_side=SOURCE_MAX_SIDE)
+            else:
+                src_img = source_images[i]
             src_imgs.append(src_img)
-            src_kp.append(self.pose_of.loc[src, "keypoints"])
+            src_kp.append(_source_keypoints(self.pose_of, src, src_img))
             h, w = np.asarray(img).shape[:2]
             tsize = (int(self.pose_of.loc[tgt, "width"]), int(self.pose_of.loc[tgt, "height"]))
             kp = self.pose_of.loc[tgt, "keypoints"] if target_keypoints is None else target_keypoints[i]
@@ -241,6 +394,14 @@ class _Scorer:
             others_embeddings=others if self.reference is not None else None,
             min_score=self.recipe.pose.min_score, frame_hw=self.frame_hw, prior_energy=energies,
         )  # fmt: skip
+
+
+def _source_keypoints(pose_of: pd.DataFrame, src: str, image: np.ndarray) -> np.ndarray:
+    """The pose bank's keypoints of ``src`` in pixels of ``image`` (its possibly downscaled decode)."""
+    kp = pose_of.loc[src, "keypoints"]
+    size = (int(pose_of.loc[src, "width"]), int(pose_of.loc[src, "height"]))
+    h, w = np.asarray(image).shape[:2]
+    return kp if size == (w, h) else scale_keypoints(kp, size, (w, h))
 
 
 def _identity_reference(embedder, dataset: pd.DataFrame, root: Path, sources: pd.DataFrame):
@@ -296,8 +457,12 @@ def augment(
             ``recipe.filter.reid_weights``); when neither is given the checks are skipped, their
             scores are NaN and ``run.json`` says so in ``notes``. Never downloaded.
         report_rows: most rows of ``report.html`` (kept and rejected both represented).
-        resume: continue an interrupted run in OUT (settings must match).
-        overwrite: replace a previous posegen output in OUT.
+        resume: continue an interrupted run in OUT (settings must match); leftover temporary
+            files of interrupted writes are removed.
+        overwrite: replace a previous posegen output in OUT: only the files posegen wrote
+            (:func:`written_files`) and ``OUT/.posegen/`` are deleted, anything else is kept.
+            An OUT holding only a run record that could not be written completely (a run killed
+            while writing its first ``run.json``) is started afresh, with or without these flags.
         progress: ``progress(stage, done, total)`` with stage ``"poses"``, ``"train"``, ``"copy"``,
             ``"identity"`` or ``"generate"``.
 
@@ -310,6 +475,10 @@ def augment(
             run's settings differ.
         posegen.data.LayoutError: DIR's layout is unknown or it has no images.
         FileNotFoundError: ``model`` or ``reid_weights`` does not exist.
+        ValueError: an unreadable model or re-ID file, an unknown scheduler, or a pixel-space model
+            whose resolution differs from ``recipe.model.resolution``.
+
+    Every check above happens before OUT is touched, so a corrected rerun is never refused.
     """
     root, out = Path(root).resolve(), Path(out).resolve()
     _check_dirs(root, out)
@@ -333,6 +502,7 @@ def augment(
         raise ValueError("augment trains only pixel-space recipes (train_steps); train a latent recipe with `posegen train`")
     embedder = load_embedder(reid)
     pipe = _load_model(model) if model is not None or train_steps is None else None  # None: the shipped default
+    _check_model(pipe, recipe, sched, scheduler)
     settings["model_kind"] = "latent" if getattr(pipe, "returns_source_size", False) else "pixel"
     _prepare_out(out, settings, resume, overwrite)
     state = out / STATE_DIR
@@ -350,6 +520,10 @@ def augment(
     pose_of = poses.set_index("path")
     usable = usable_poses(poses, min_score=recipe.pose.min_score, min_keypoints=recipe.pose.min_keypoints)
     usable_paths = set(poses.loc[usable, "path"])
+    # real images that cannot be read (corrupt, empty, not an image, too small, dangling link, ...)
+    bad_inputs = {
+        p: why for p, r in zip(poses["path"], poses["reason"]) if (why := _input_rejection(r)) is not None
+    }
 
     # 2. the model: the given one, the shipped default, or (train_steps given) one trained on DIR
     if pipe is None:
@@ -369,10 +543,19 @@ def augment(
     if recipe.augment.plausible_only:
         usable_paths &= _plausible_paths(poses, recipe)
 
-    # 3. copy the real images (the enlarged dataset contains them)
-    for i, rel in enumerate(manifest["path"], 1):
-        _copy_file(root / rel, out / rel)
-        progress("copy", i, len(manifest))
+    # 3. copy the real images (the enlarged dataset contains them), byte for byte; unreadable ones
+    # are not copied (their manifest row says why). The planned copies are recorded first so that
+    # --overwrite knows which files posegen wrote.
+    to_copy = [rel for rel in manifest["path"] if rel not in bad_inputs]
+    atomic_to_parquet(pd.DataFrame({"path": pd.Series(to_copy, dtype=str)}), state / "real.parquet")
+    progress("copy", 0, len(to_copy))
+    for i, rel in enumerate(to_copy, 1):
+        try:
+            _copy_file(root / rel, out / rel)
+        except OSError as e:  # e.g. permission denied: reject the image, the run goes on
+            bad_inputs[rel] = f"{INPUT_REJECTED} unreadable image ({e.strerror or type(e).__name__})"
+            usable_paths.discard(rel)
+        progress("copy", i, len(to_copy))
 
     # 4. targets: the pose bank, minus the poses the prior finds implausible
     meta = manifest.set_index("path")
@@ -426,8 +609,8 @@ def augment(
     # 8. the output manifest: real images, synthetic images (kept and rejected), unusable sources
     part_files = sorted(parts_dir.glob("part-*.parquet"))
     synthetic = pd.concat([pd.read_parquet(p) for p in part_files], ignore_index=True) if part_files else None
-    real = _real_rows(manifest, pose_of)
-    skipped = manifest[is_source & ~manifest["path"].isin(usable_paths)]
+    real = _real_rows(manifest, pose_of, bad_inputs)
+    skipped = manifest[is_source & ~manifest["path"].isin(usable_paths) & ~manifest["path"].isin(bad_inputs)]
     skipped_rows = [
         _row(src, meta, k=0, path="", kept=False, reason=_unusable_reason(pose_of.loc[src], recipe))
         for src in skipped["path"]
@@ -458,15 +641,18 @@ def _plausible_paths(poses: pd.DataFrame, recipe: Recipe) -> set[str]:
     return set(ok["path"][good])
 
 
-def _real_rows(manifest: pd.DataFrame, pose_of: pd.DataFrame) -> pd.DataFrame:
+def _real_rows(manifest: pd.DataFrame, pose_of: pd.DataFrame, bad_inputs: dict[str, str] | None = None) -> pd.DataFrame:
+    """One row per real image: kept, or (``bad_inputs``: path -> reason) rejected and not copied."""
     n = len(manifest)
     nan = np.full(n, np.nan)
+    bad_inputs = bad_inputs or {}
+    reasons = [bad_inputs.get(p, "") for p in manifest["path"]]
     return pd.DataFrame(
         {
             "path": manifest["path"], "pid": manifest["pid"], "camid": manifest["camid"],
             "split": manifest["split"], "synthetic": False, "source": manifest["path"], "k": 0,
             "target_pose_source": "", "seed": -1, **{c: nan for c in SCORE_COLUMNS}, "n_keypoints": -1,
-            "kept": True, "reason": "", "width": pose_of.loc[manifest["path"], "width"].to_numpy(),
+            "kept": [not r for r in reasons], "reason": reasons, "width": pose_of.loc[manifest["path"], "width"].to_numpy(),
             "height": pose_of.loc[manifest["path"], "height"].to_numpy(),
         }
     )[MANIFEST_COLUMNS]  # fmt: skip
@@ -538,9 +724,9 @@ def _generate_batch(batch, pipe, root, out, pose_of, meta, scorer: _Scorer, step
         for j in gen:
             src, tgt, s = batch["source"].iloc[j], batch["target"].iloc[j], batch["seed"].iloc[j]
             if src not in cache:
-                cache[src] = read_image(root / src)
+                cache[src] = read_image(root / src, max_side=SOURCE_MAX_SIDE)
             images.append(cache[src])
-            src_kp.append(pose_of.loc[src, "keypoints"])
+            src_kp.append(_source_keypoints(pose_of, src, cache[src]))
             tgt_kp.append(pose_of.loc[tgt, "keypoints"])
             tgt_sizes.append((int(pose_of.loc[tgt, "width"]), int(pose_of.loc[tgt, "height"])))
             gens.append(torch.Generator().manual_seed(int(s)))
@@ -611,12 +797,18 @@ def summarize(manifest: pd.DataFrame) -> dict:
     """Counts of an augment manifest.
 
     Returns:
-        ``{"real": n, "generated": n, "kept": n, "rejected": n, "rejected_by_reason": {reason: n},
-        "mean_oks_kept": float, "mean_identity_kept": float}`` (``generated`` counts rows with a
-        target, ``k > 0``, including those rejected before generation; sources skipped for an
-        unusable pose count as rejected with their reason; means are NaN when undefined).
+        ``{"real": n, "rejected_inputs": n, "rejected_inputs_by_reason": {reason: n}, "generated": n,
+        "kept": n, "rejected": n, "rejected_by_reason": {reason: n}, "mean_oks_kept": float,
+        "mean_identity_kept": float}`` (``real`` counts the real images kept (copied);
+        ``rejected_inputs`` the real input images that could not be used (unreadable, missing,
+        too small: reason ``"rejected: ..."``); ``generated`` counts rows with a target, ``k > 0``,
+        including those rejected before generation; ``kept``/``rejected`` count synthetic rows;
+        sources skipped for an unusable pose count as rejected with their reason; means are NaN
+        when undefined).
     """
     syn = manifest[manifest["synthetic"]]
+    real = manifest[~manifest["synthetic"]]
+    bad = real[~real["kept"].astype(bool)]
     gen = syn[syn["k"] > 0]
     rejected = syn[~syn["kept"]]
     kept = syn[syn["kept"]]
@@ -626,7 +818,9 @@ def summarize(manifest: pd.DataFrame) -> dict:
         return float(v.mean()) if len(v) else float("nan")
 
     return {
-        "real": int((~manifest["synthetic"]).sum()),
+        "real": int(len(real) - len(bad)),
+        "rejected_inputs": int(len(bad)),
+        "rejected_inputs_by_reason": {str(r): int(n) for r, n in bad["reason"].value_counts().items()},
         "generated": int(len(gen)),
         "kept": int(len(kept)),
         "rejected": int(len(rejected)),
