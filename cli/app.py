@@ -8,28 +8,19 @@ from __future__ import annotations
 
 import sys
 import time
-from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
-from rich.text import Text
 
 from posegen.pose.backends import BACKENDS, DEFAULT_BACKEND
 
 from .augment import augment_cmd, filter_cmd
+from .common import clear_errors as _clear_errors
+from .common import console, set_verbosity
+from .common import progress_display as _progress
 from .downstream import eval_downstream_cmd
 from .repose import repose_cmd
 
@@ -40,63 +31,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
-
-
-class _Rate(TextColumn):
-    """Items per second of a task."""
-
-    def __init__(self):
-        super().__init__("")
-
-    def render(self, task):
-        speed = task.finished_speed or task.speed
-        unit = task.fields.get("unit", "it")
-        return Text("" if speed is None else f"{speed:.2f} {unit}/s", style="progress.data.speed")
-
-
-@contextmanager
-def _progress():
-    """A Rich progress display with count, rate, elapsed time and ETA; yields ``update(name, done, total)``."""
-    bars = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TaskProgressColumn(),
-        _Rate(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        console=console,
-    )
-    tasks: dict[str, int] = {}
-    units = {"poses": "img", "train": "step", "copy": "img", "generate": "img", "repose": "img", "encode": "img"}
-
-    def update(name: str, done: int, total: int) -> None:
-        if name not in tasks:
-            tasks[name] = bars.add_task(name, total=total, completed=done, unit=units.get(name, "it"))
-        bars.update(tasks[name], completed=done, total=total)
-
-    with bars:
-        yield update
-
-
-def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
-    raise typer.Exit(2)
-
-
-@contextmanager
-def _clear_errors():
-    """Turn the library's documented errors into one clear line and exit status 2."""
-    from posegen.augment import OutputDirError
-    from posegen.data import LayoutError
-    from posegen.recipe import RecipeError
-
-    try:
-        yield
-    except (LayoutError, RecipeError, OutputDirError, FileNotFoundError, ValueError) as e:
-        _fail(str(e))
 
 
 #: ``--backend`` choices of extract-poses: every registered pose backend
@@ -114,16 +48,16 @@ def extract_poses_cmd(
         "(movenet is the most accurate per second on small crops: benchmarks/results/pose_gt.md).",
     ),
     weights: Optional[str] = typer.Option(None, help="Local weights file for backends that need one."),
-    limit: Optional[int] = typer.Option(None, help="Only the first N images (sorted by path)."),
-    verbose: bool = typer.Option(False, "--verbose", help="Show the native mediapipe / absl / TFLite log lines."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Only the first N images (sorted by path)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output (errors and the summary still print)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the native mediapipe / absl / TFLite log lines and error tracebacks."),
 ):
     """Estimate COCO-17 keypoints for every image of DATA (resumable: a re-run skips done images)."""
     from posegen.data import load_dataset
     from posegen.pose.backends import get_backend
     from posegen.pose.extract import extract_poses, pose_summary
-    from posegen.pose.native_logs import set_verbose
 
-    set_verbose(verbose)
+    set_verbosity(quiet, verbose)
     backend = backend.value if isinstance(backend, PoseBackendName) else str(backend)
     with _clear_errors():
         if out.suffix.lower() not in (".parquet", ".csv", ".json"):
@@ -155,7 +89,9 @@ def train_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Run folder (resumes if it has checkpoints)."),
     recipe: str = typer.Option("tiny", help="Recipe name (default, tiny, cuhk03) or YAML path; 'default' trains posegen's default model family (warp + latent repair)."),
     layout: Optional[str] = typer.Option(None, help="Force a layout."),
-    steps: Optional[int] = typer.Option(None, help="Override the recipe's training steps."),
+    steps: Optional[int] = typer.Option(None, min=1, help="Override the recipe's training steps."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output (errors and the summary still print)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Native library log lines and error tracebacks."),
 ):
     """Train the re-posing model on pairs of images of the same identity."""
     from posegen.data import load_dataset
@@ -163,6 +99,7 @@ def train_cmd(
     from posegen.recipe import load_recipe
     from posegen.repose import train
 
+    set_verbosity(quiet, verbose)
     with _clear_errors():
         rec = load_recipe(recipe)
         manifest = load_dataset(data, layout)

@@ -1,8 +1,8 @@
 """``posegen augment`` and ``posegen filter``: Typer commands over :mod:`posegen.augment` and :mod:`posegen.filter`.
 
 Registered in :mod:`posegen.cli.app` as ``app.command("augment")(augment_cmd)``. The commands only parse
-options, call the library and render progress and tables; the shared Rich helpers (``console``,
-``_progress``, ``_clear_errors``) are taken from :mod:`cli.app` when a command runs.
+options, call the library and render progress and tables; the shared helpers (console, progress,
+verbosity, error handling) come from :mod:`cli.common`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,10 @@ from typing import Optional
 
 import typer
 from rich.table import Table
+
+from .common import clear_errors as _clear_errors
+from .common import console, set_verbosity
+from .common import progress_display as _progress
 
 __all__ = ["augment_cmd", "filter_cmd", "counts_table"]
 
@@ -56,34 +60,44 @@ def counts_table(before: dict | None, after: dict, title: str) -> list[Table]:
     return [table, reasons] if names else [table]
 
 
+def _print_rejected_inputs(s: dict) -> None:
+    """Print the count of unusable input images and their reasons (nothing when there are none)."""
+    if s.get("rejected_inputs"):
+        console.print(f"[yellow]rejected input images: {s['rejected_inputs']}[/yellow] (not copied; listed in the manifest and the report)")
+        for reason, n in s["rejected_inputs_by_reason"].items():
+            console.print(f"  {reason}: {n}", markup=False, highlight=False)
+
+
 def augment_cmd(
     data: Path = typer.Argument(..., help="Dataset folder (never modified)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: the enlarged dataset in DATA's layout."),
     model: Optional[Path] = typer.Option(None, "--model", help="Trained model (train run folder or model folder); default: the model shipped with posegen."),
     recipe: str = typer.Option("default", help="Recipe name (default, tiny, cuhk03) or YAML path: sampler, filter thresholds, K."),
     layout: Optional[str] = typer.Option(None, help="Force a layout: market1501, cuhk03 or generic."),
-    k: Optional[int] = typer.Option(None, "-k", help="Target poses per source image (default: recipe)."),
+    k: Optional[int] = typer.Option(None, "-k", min=1, help="Target poses per source image (default: recipe)."),
     seed: int = typer.Option(0, help="Run seed (targets and noise derive from it)."),
-    limit: Optional[int] = typer.Option(None, help="Trial run on the first N images (sorted by path)."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Trial run on the first N images (sorted by path)."),
     split: list[str] = typer.Option(["train"], "--split", help="Splits to re-pose (repeatable)."),
     steps: Optional[int] = typer.Option(None, help="Sampling steps (default: recipe)."),
     scheduler: Optional[str] = typer.Option(None, help="Sampler (default: recipe): ddim, dpm++, unipc, euler, ddpm."),
     train_steps: Optional[int] = typer.Option(None, help="Without --model: first train the (pixel-space) recipe's model on DATA for this many steps."),
     backend: str = typer.Option("blazepose", help="Pose backend."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Local weights file of the pose backend (for backends that need one, as in extract-poses)."),
     reid_weights: Optional[Path] = typer.Option(
         None, "--reid-weights", help="Re-ID embedder ONNX file for the identity checks (default: the recipe's filter.reid_weights)."
     ),
     report_rows: int = typer.Option(200, "--report-rows", min=0, help="Most image rows in OUT/report.html."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in OUT."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous posegen output in OUT."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output (errors and the summary still print)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Native library log lines and error tracebacks."),
 ):
     """Re-pose every image of DATA into K target poses, filter, and write an enlarged dataset to OUT."""
     from posegen.augment import augment, summarize
     from posegen.pose.backends import get_backend
     from posegen.recipe import load_recipe
 
-    from .app import _clear_errors, _progress, console
-
+    set_verbosity(quiet, verbose)
     with _clear_errors():
         rec = load_recipe(recipe)
         _warn_no_reid(console, rec, reid_weights)
@@ -98,7 +112,7 @@ def augment_cmd(
 
             return cb
 
-        with get_backend(backend) as be, _progress() as update:
+        with get_backend(backend, weights) as be, _progress() as update:
             manifest = augment(
                 data, out, recipe=rec, backend=be, model=model, layout=layout, seed=seed, k=k,
                 limit=limit, splits=tuple(split), num_inference_steps=steps, scheduler=scheduler,
@@ -107,6 +121,7 @@ def augment_cmd(
             )  # fmt: skip
     s = summarize(manifest)
     console.print(f"real images: {s['real']}; {(time.perf_counter() - t0) / 60:.1f} minutes")
+    _print_rejected_inputs(s)
     for t in counts_table(None, s, f"posegen augment -> {out}"):
         console.print(t)
     rates = Table(title="stages")
@@ -126,7 +141,10 @@ def filter_cmd(
         None, "--reid-weights", help="Re-ID embedder ONNX file (default: the recipe's, else the run's)."
     ),
     backend: str = typer.Option("blazepose", help="Pose backend for re-estimating poses (use the run's)."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Local weights file of the pose backend (use the run's)."),
     report_rows: int = typer.Option(200, "--report-rows", min=0, help="Most image rows in OUT/report.html."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output (errors and the summary still print)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Native library log lines and error tracebacks."),
 ):
     """Re-score the generated images of OUT with the current thresholds, move files whose decision
     changed, and rewrite manifest.parquet and the report."""
@@ -139,8 +157,7 @@ def filter_cmd(
     from posegen.pose.backends import get_backend
     from posegen.recipe import Recipe, load_recipe
 
-    from .app import _clear_errors, _progress, console
-
+    set_verbosity(quiet, verbose)
     with _clear_errors():
         manifest_file, run_json = out / "manifest.parquet", out / ".posegen" / "run.json"
         for f in (manifest_file, run_json):
@@ -150,7 +167,7 @@ def filter_cmd(
         rec = load_recipe(recipe) if recipe else Recipe.model_validate(json.loads(run_json.read_text())["recipe"])
         run_reid = json.loads(run_json.read_text()).get("reid_weights")
         _warn_no_reid(console, rec, reid_weights or run_reid)
-        with get_backend(backend) as be, _progress() as update:
+        with get_backend(backend, weights) as be, _progress() as update:
             manifest = refilter(
                 out, recipe=rec, backend=be, reid_weights=reid_weights, report_rows=report_rows,
                 progress=update,

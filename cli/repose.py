@@ -14,6 +14,11 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from .common import clear_errors as _clear_errors
+from .common import console
+from .common import fail as _fail
+from .common import progress_display as _progress
+
 __all__ = ["repose_cmd"]
 
 _SINGLE = ("--source", "--target-pose", "--target-name")
@@ -45,8 +50,6 @@ def repose_cmd(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (a CUDA device index like cuda:1 works too)."),
 ):
     """Re-pose one image into a target pose, or every pair of a Pose-Transfer pairs file (--pairs)."""
-    from .app import _clear_errors, _fail, console
-
     given = {"--source": source, "--target-pose": target_pose, "--target-name": target_name,
              "--poses": poses, "--images": images, "--batch-size": batch_size, "--limit": limit}  # fmt: skip
     if pairs is not None:
@@ -82,8 +85,6 @@ def _repose_pairs(model, pairs, poses, images, out, batch_size, limit, steps, sc
     from posegen.pose.backends import get_backend
     from posegen.repose import load_pipeline
     from posegen.repose.batch import MANIFEST_NAME, model_sample_config, repose_pairs, resolve_model_dir
-
-    from .app import _clear_errors, _progress, console
 
     with _clear_errors():
         model_dir = resolve_model_dir(model)
