@@ -28,13 +28,20 @@ def _external_data_files(path: Path) -> list[Path]:
 
     Uses the ``onnx`` package when it is installed; without it returns ``[]`` and a missing file
     is reported from onnxruntime's error instead.
+
+    Raises:
+        ValueError: ``path`` is not a readable ONNX model.
     """
     try:
         import onnx
         from onnx.external_data_helper import ExternalDataInfo, uses_external_data
     except ImportError:  # pragma: no cover - onnx is only a test extra
         return []
-    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"cannot load the ONNX model {path} (not a valid ONNX file?): {first}") from exc
     names: list[str] = []
     for t in model.graph.initializer:
         if uses_external_data(t):
