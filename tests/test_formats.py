@@ -297,7 +297,7 @@ def test_json_layout_and_round_trip(tmp_path):
     kp = back["keypoints"].iloc[0]
     np.testing.assert_allclose(kp[5], (40.4, 24.6, 0.9), atol=1e-5)
     np.testing.assert_allclose(kp[0], (-0.7, 3.0, 0.8), atol=1e-5)
-    assert (kp[6] == 0).all()  # below min_score: dropped
+    np.testing.assert_allclose(kp[6], (20.0, 25.0, 0.3), atol=1e-5)  # below min_score: kept (posegen_keypoints)
 
 
 def test_read_foreign_coco_json(tmp_path):

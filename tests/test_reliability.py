@@ -385,3 +385,60 @@ def test_cli_modules_import_in_one_direction():
     )
     res = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
+
+
+# --------------------------------------------------------------------------- extract-poses resume
+class _CountingBackend:
+    """A fake pose backend: fixed keypoints (some below score 0.5), counts its calls."""
+
+    name, weights = "fake", ""
+
+    def __init__(self):
+        self.calls = 0
+
+    def estimate(self, image):
+        self.calls += 1
+        h, w = image.shape[:2]
+        kp = np.zeros((17, 3), np.float32)
+        kp[:, 0] = np.linspace(2, w - 3, 17)
+        kp[:, 1] = np.linspace(2, h - 3, 17)
+        kp[:, 2] = np.where(np.arange(17) % 3 == 0, 0.3, 0.9)
+        return kp
+
+
+def _market(root: Path, names: dict[str, list[str]]) -> Path:
+    for folder, files in names.items():
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for f in files:
+            Image.new("RGB", (64, 128), (100, 150, 200)).save(root / folder / f)
+    return root
+
+
+@pytest.mark.parametrize("ext", ["csv", "json", "parquet"])
+def test_extract_poses_resumes_nested_layouts(tmp_path, ext):
+    from posegen.pose.extract import extract_poses
+
+    root = _market(tmp_path / "m", {"bounding_box_train": ["0002_c1s1_000451_03.jpg", "0003_c2s1_000451_01.jpg"],
+                                    "query": ["0004_c1s1_000451_03.jpg"]})  # fmt: skip
+    manifest = load_dataset(root)
+    out = tmp_path / f"poses.{ext}"
+    be = _CountingBackend()
+    first = extract_poses(manifest, root, be, out=out)
+    assert be.calls == 3
+    again = extract_poses(manifest, root, be, out=out)
+    assert be.calls == 3  # nothing re-estimated
+    assert again["path"].tolist() == manifest["path"].tolist()
+    if ext != "csv":  # CSV keeps only joints >= 0.5, as integers; the others keep everything
+        for a, b in zip(first["keypoints"], again["keypoints"]):
+            np.testing.assert_allclose(a, b, atol=1e-3)
+        assert (np.stack(again["keypoints"].to_list())[..., 2] == np.float32(0.3)).any()
+
+
+def test_extract_poses_csv_duplicate_names_fail_before_work(tmp_path):
+    from posegen.pose.extract import extract_poses
+
+    root = _market(tmp_path / "m", {"bounding_box_train": ["0002_c1s1_000451_03.jpg"], "query": ["0002_c1s1_000451_03.jpg"]})
+    be = _CountingBackend()
+    with pytest.raises(ValueError, match="0002_c1s1_000451_03.jpg"):
+        extract_poses(load_dataset(root), root, be, out=tmp_path / "poses.csv")
+    assert be.calls == 0 and not (tmp_path / "poses.csv").exists()

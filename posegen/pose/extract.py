@@ -9,6 +9,7 @@ skips the images already in the file, so an interrupted run resumes where it sto
 from __future__ import annotations
 
 import os
+import posixpath
 from pathlib import Path
 from typing import Callable
 
@@ -89,13 +90,30 @@ def extract_poses(
         height, keypoints, status, reason, backend, weights``).
 
     Raises:
-        ValueError: ``manifest`` has no ``path`` column, or ``out`` has an unsupported extension.
+        ValueError: ``manifest`` has no ``path`` column, ``out`` has an unsupported extension, or
+            ``out`` is a ``.csv`` (keyed by file name) and two images share a file name (checked
+            before any work).
     """
     if "path" not in manifest.columns:
         raise ValueError("manifest needs a 'path' column")
     root = Path(root)
     paths = list(dict.fromkeys(manifest["path"].astype(str)))
+    csv_out = out is not None and Path(out).suffix.lower() == ".csv"
+    if csv_out:  # Pose-Transfer CSVs are keyed by file name: refuse clashes before any work
+        by_name: dict[str, list[str]] = {}
+        for p in paths:
+            by_name.setdefault(posixpath.basename(p), []).append(p)
+        clash = {n: ps for n, ps in by_name.items() if len(ps) > 1}
+        if clash:
+            n, ps = next(iter(clash.items()))
+            raise ValueError(
+                f"{len(clash)} file names occur in several folders (e.g. {n!r}: {ps[:2]}); a Pose-Transfer CSV "
+                f"is keyed by file name: write .parquet or .json instead"
+            )
     previous = read_poses(out) if out is not None and Path(out).exists() else new_poses_frame([])
+    if csv_out and len(previous):  # CSV rows hold file names: back to the manifest's paths
+        full = {posixpath.basename(p): p for p in paths}
+        previous = previous.assign(path=[full.get(n, n) for n in previous["path"].astype(str)])
     done = set(previous["path"])
     todo = [p for p in paths if p not in done]
     total, n_done = len(paths), len(paths) - len(todo)

@@ -212,7 +212,9 @@ def write_poses(df: pd.DataFrame, path: str | os.PathLike, *, min_score: float =
     - ``.json`` (COCO keypoints): all rows in ``images`` (``file_name`` = ``path``, plus
       ``posegen_status`` and ``posegen_reason``), an annotation for each ok row with ``v = 2`` for
       joints with score ``>= min_score`` and ``v = 0, x = y = 0`` for the others, the scores in
-      ``keypoint_scores``, ``bbox`` of the present joints; ``info`` holds ``backend``, ``weights``
+      ``keypoint_scores``, every joint as estimated (below ``min_score`` too) in
+      ``posegen_keypoints`` (``[x, y, score] * 17``, so reading the file back is lossless up to
+      rounding), ``bbox`` of the present joints; ``info`` holds ``backend``, ``weights``
       (the rows' distinct values joined by ``", "``) and ``min_score``. Values are rounded to 1/1000.
 
     Args:
@@ -248,7 +250,8 @@ def read_poses(path: str | os.PathLike) -> pd.DataFrame:
       no COCO-17 joint present is ``failed`` with reason ``"no keypoints annotated"``.
     - ``.json`` (COCO keypoints): ``path`` = ``file_name``; per image, the non-crowd annotation with
       the most joints with ``v > 0`` (the first on ties); a joint with ``v > 0`` gets its score from
-      ``keypoint_scores`` when present, else 1.0, a joint with ``v = 0`` is ``(0, 0, 0)``. An image
+      ``keypoint_scores`` when present, else 1.0, a joint with ``v = 0`` is ``(0, 0, 0)``; an
+      annotation with ``posegen_keypoints`` (written by posegen) gives every joint from it. An image
       without annotation is ``failed`` with its ``posegen_reason`` (else ``"no annotation"``); one
       whose annotation has no joint is ``failed``, ``"no keypoints annotated"``. ``backend`` and
       ``weights`` come from ``info`` (default ``"coco-json"``, ``""``).
@@ -418,6 +421,9 @@ def _write_json(df: pd.DataFrame, path: str | os.PathLike, min_score: float) -> 
                 "keypoints": [v for (px, py), p in zip(coords, vis.tolist()) for v in (px, py, 2 if p else 0)],
                 "num_keypoints": int(vis.sum()),
                 "keypoint_scores": scores[i].tolist(),
+                # every joint as estimated (x, y, score), below min_score too: a resumed run or a
+                # reader that knows posegen gets the frame back (COCO readers ignore the field)
+                "posegen_keypoints": np.round(kp[i].astype(np.float64), _JSON_DECIMALS).reshape(-1).tolist(),
                 "bbox": [float(x0), float(y0), w, h],
                 "area": round(w * h, _JSON_DECIMALS),
                 "iscrowd": 0,
@@ -462,6 +468,8 @@ def _read_json(path: str | os.PathLike) -> pd.DataFrame:
             vis = trip[:, 2] > 0
             score = np.asarray(ann.get("keypoint_scores", np.ones(NUM_KEYPOINTS)), dtype=np.float32).reshape(-1)
             kp = np.where(vis[:, None], np.column_stack([trip[:, :2], score]), 0).astype(np.float32)
+            if "posegen_keypoints" in ann:  # written by posegen: every joint, with its score
+                kp = np.asarray(ann["posegen_keypoints"], dtype=np.float32).reshape(NUM_KEYPOINTS, 3)
             kp = validate_keypoints(kp)
             image_id = ann["image_id"]
         except (ValueError, TypeError, KeyError, AttributeError) as e:
