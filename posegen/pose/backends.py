@@ -247,6 +247,9 @@ class BlazePoseBackend(PoseBackend):
                     enable_segmentation=False,
                     min_detection_confidence=min_detection_confidence,
                 )
+                # the graph's calculators open (and log) on worker threads after Pose() returns:
+                # run it once here so that their log lines land inside this filtered block
+                self._pose.process(np.zeros((64, 64, 3), dtype=np.uint8))
             if mode == "crop" or self.fallback:
                 from .blazepose_heavy import BlazePoseHeavyBackend
 
@@ -259,12 +262,11 @@ class BlazePoseBackend(PoseBackend):
         left, top = (side - w) // 2, (side - h) // 2
         square = np.zeros((side, side, 3), dtype=np.uint8)
         square[top : top + h, left : left + w] = image
-        if self._graph_warm:
+        # mediapipe's graph logs from C++ on its first runs, and again when its detector restarts
+        # (e.g. after an image without a person): filter every run (a dup2 and a temporary file)
+        with quiet_native_logs():
             result = self._pose.process(square)
-        else:  # mediapipe's graph logs from C++ on its first runs
-            with quiet_native_logs():
-                result = self._pose.process(square)
-            self._graph_warm = result.pose_landmarks is not None
+        self._graph_warm = self._graph_warm or result.pose_landmarks is not None
         if result.pose_landmarks is None:
             raise NoPersonFound("no person found")
         lm = result.pose_landmarks.landmark
