@@ -60,6 +60,22 @@ def counts_table(before: dict | None, after: dict, title: str) -> list[Table]:
     return [table, reasons] if names else [table]
 
 
+def _distributed():
+    """``((index, count), barrier)`` under a multi-process launcher (``accelerate launch``,
+    ``torchrun``: ``WORLD_SIZE`` > 1), else ``(None, None)``; uses accelerate's ``PartialState``."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return None, None
+    import torch
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if state.num_processes <= 1:
+        return None, None
+    return (state.process_index, state.num_processes), state.wait_for_everyone
+
+
 def _print_rejected_inputs(s: dict) -> None:
     """Print the count of unusable input images and their reasons (nothing when there are none)."""
     if s.get("rejected_inputs"):
@@ -92,7 +108,11 @@ def augment_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output (errors and the summary still print)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Native library log lines and error tracebacks."),
 ):
-    """Re-pose every image of DATA into K target poses, filter, and write an enlarged dataset to OUT."""
+    """Re-pose every image of DATA into K target poses, filter, and write an enlarged dataset to OUT.
+
+    Under ``accelerate launch`` (or ``torchrun``) with several processes, each process takes a
+    shard of the images (stable hash of the path) and the main process merges the shards into OUT.
+    """
     from posegen.augment import augment, summarize
     from posegen.pose.backends import get_backend
     from posegen.recipe import load_recipe
@@ -112,13 +132,17 @@ def augment_cmd(
 
             return cb
 
+        shard, barrier = _distributed()
         with get_backend(backend, weights) as be, _progress() as update:
             manifest = augment(
                 data, out, recipe=rec, backend=be, model=model, layout=layout, seed=seed, k=k,
                 limit=limit, splits=tuple(split), num_inference_steps=steps, scheduler=scheduler,
                 train_steps=train_steps, reid_weights=reid_weights, report_rows=report_rows, resume=resume,
-                overwrite=overwrite, progress=timed(update),
+                overwrite=overwrite, progress=timed(update), shard=shard, barrier=barrier,
             )  # fmt: skip
+    if shard is not None and shard[0] != 0:
+        console.print(f"shard {shard[0]} of {shard[1]}: done ({len(manifest)} generated rows); the main process writes {out / 'manifest.parquet'}")
+        return
     s = summarize(manifest)
     console.print(f"real images: {s['real']}; {(time.perf_counter() - t0) / 60:.1f} minutes")
     _print_rejected_inputs(s)

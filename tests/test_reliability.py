@@ -443,3 +443,79 @@ def test_extract_poses_csv_duplicate_names_fail_before_work(tmp_path):
     with pytest.raises(ValueError, match="0002_c1s1_000451_03.jpg"):
         extract_poses(load_dataset(root), root, be, out=tmp_path / "poses.csv")
     assert be.calls == 0 and not (tmp_path / "poses.csv").exists()
+
+
+# --------------------------------------------------------------------------- sharded augment
+_LAUNCH = """
+import sys
+sys.path.insert(0, {repo!r})
+sys.argv[0] = "posegen"
+from cli.app import main
+main()
+"""
+
+
+def _sharded(tmp_path: Path, args: list[str], n: int = 2) -> subprocess.CompletedProcess:
+    """``accelerate launch`` of the repository's CLI with ``n`` CPU processes."""
+    script = tmp_path / "launch_posegen.py"
+    script.write_text(_LAUNCH.format(repo=str(REPO)))
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n),
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+        str(script), *args,
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_sharded_augment_matches_one_process_and_resumes(tmp_path):
+    """Two CPU processes (accelerate launch) write the manifest one process writes; a shard whose
+    work was lost (killed) redoes only its own batches on --resume."""
+    import yaml
+
+    from posegen.augment.run import shard_of
+    from posegen.recipe import builtin_recipes
+
+    root = tmp_path / "data"
+    root.mkdir()
+    names = [f"{pid:04d}_{k:02d}.jpg" for pid in range(3) for k in (0, 1, 5, 6)]
+    for name in names:
+        shutil.copy(require(CUHK03 / "train" / name), root / name)
+    assert {shard_of(p, 2) for p in names} == {0, 1}  # both shards own images
+    recipe = yaml.safe_load(builtin_recipes()["default"].read_text())
+    recipe["sample"]["batch_size"] = 3  # several batches, so both shards generate
+    recipe_file = tmp_path / "small-batches.yaml"
+    recipe_file.write_text(yaml.safe_dump(recipe))
+    common = ["-k", "1", "--seed", "5", "--recipe", str(recipe_file), "--quiet"]
+
+    single = _run_cli(["augment", str(root), "--out", str(tmp_path / "one"), *common], timeout=900)
+    assert single.returncode == 0, single.stderr[-3000:]
+    res = _sharded(tmp_path, ["augment", str(root), "--out", str(tmp_path / "two"), *common])
+    assert res.returncode == 0, res.stderr[-3000:]
+    one = pd.read_parquet(tmp_path / "one" / "manifest.parquet")
+    two = pd.read_parquet(tmp_path / "two" / "manifest.parquet")
+    pd.testing.assert_frame_equal(one, two)
+    for rel in one["path"]:
+        if rel:
+            assert (tmp_path / "two" / rel).read_bytes() == (tmp_path / "one" / rel).read_bytes(), rel
+    state = tmp_path / "two" / STATE_DIR
+    parts = sorted((state / "parts").glob("part-*.parquet"))
+    assert len(parts) >= 3 and len(list((state / "shards").glob("poses-*-of-0002.parquet"))) == 2
+
+    # shard 1 killed mid-generation: its last batch and marker are gone, a write was left half done
+    lost = parts[1]  # batch 1 belongs to shard 1
+    rows = pd.read_parquet(lost)
+    images = {r: (tmp_path / "two" / r).read_bytes() for r in rows["path"] if r}
+    for r in images:
+        (tmp_path / "two" / r).unlink()
+    lost.unlink()
+    (state / "shards" / "generate-0001-of-0002.done.json").unlink()
+    (tmp_path / "two" / "manifest.parquet").unlink()
+    (state / "parts" / ".part-000001.parquet.x1y2z3w4.tmp").write_bytes(b"half")
+    mtimes = {p: p.stat().st_mtime_ns for p in parts if p != lost}
+    res = _sharded(tmp_path, ["augment", str(root), "--out", str(tmp_path / "two"), *common, "--resume"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    pd.testing.assert_frame_equal(one, pd.read_parquet(tmp_path / "two" / "manifest.parquet"))
+    assert {r: (tmp_path / "two" / r).read_bytes() for r in images} == images
+    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())  # other batches were not redone
+    assert not list((state / "parts").glob(".*.tmp"))

@@ -67,6 +67,7 @@ import json
 import os
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -76,7 +77,7 @@ import pandas as pd
 from PIL import Image
 
 from .. import __version__
-from .._io import atomic_to_parquet, atomic_write, atomic_write_bytes, atomic_write_json
+from .._io import atomic_to_parquet, atomic_write, atomic_write_bytes, atomic_write_json, stable_seed
 from ..data import load_dataset
 from ..data.images import read_image
 from ..pose.extract import POSE_MAX_SIDE
@@ -84,13 +85,14 @@ from ..filter.identity import IdentityReference, load_embedder
 from ..filter.scores import filter_batch
 from ..pose.backends import PoseBackend
 from ..pose.extract import extract_poses, usable_poses
+from ..pose.formats import new_poses_frame, read_poses, write_poses
 from ..pose.keypoints import num_confident, scale_keypoints
 from ..recipe import Recipe
 from .targets import choose_targets
 
 __all__ = [
     "augment", "synthetic_name", "summarize", "encode_image", "OutputDirError", "MANIFEST_COLUMNS",
-    "SCORE_COLUMNS", "NO_REID_NOTE", "STATE_DIR", "SOURCE_MAX_SIDE", "INPUT_REJECTED", "written_files",
+    "SCORE_COLUMNS", "NO_REID_NOTE", "STATE_DIR", "SOURCE_MAX_SIDE", "INPUT_REJECTED", "written_files", "shard_of",
 ]  # fmt: skip
 
 STATE_DIR = ".posegen"
@@ -430,6 +432,9 @@ def augment(
     resume: bool = False,
     overwrite: bool = False,
     progress: Progress | None = None,
+    shard: tuple[int, int] | None = None,
+    barrier: Callable[[], None] | None = None,
+    poll_s: float = 2.0,
 ) -> pd.DataFrame:
     """Augment a dataset folder with re-posed images of its identities.
 
@@ -464,7 +469,21 @@ def augment(
             An OUT holding only a run record that could not be written completely (a run killed
             while writing its first ``run.json``) is started afresh, with or without these flags.
         progress: ``progress(stage, done, total)`` with stage ``"poses"``, ``"train"``, ``"copy"``,
-            ``"identity"`` or ``"generate"``.
+            ``"identity"``, ``"generate"`` or (sharded) ``"wait"`` (shards finished / all).
+        shard: ``(index, count)``: run as shard ``index`` of ``count`` processes (e.g. under
+            ``accelerate launch``). Each shard estimates the poses of, and copies, the images
+            whose :func:`shard_of` is its index, and generates the batches ``b`` with
+            ``b % count == index`` (batches are cut from the run's whole target list exactly as in
+            one process); it writes its own pose file and part files under ``OUT/.posegen/`` and
+            a marker when done. Shard 0 prepares OUT, waits for every shard's marker (polling
+            every ``poll_s`` seconds, no time limit) and writes the merged manifest and report:
+            the same content one process writes for the same settings. A killed launch resumes
+            with ``resume=True`` and the same ``count``: finished shards skip their work. None or
+            ``(0, 1)``: one process.
+        barrier: with ``shard``, a callable all shards call together (e.g.
+            ``accelerate.PartialState().wait_for_everyone``): shards other than 0 wait at it
+            until shard 0 has prepared OUT. Required when ``count > 1``.
+        poll_s: seconds between two looks for other shards' markers.
 
     Returns:
         The output manifest (also written to ``OUT/manifest.parquet``), columns
@@ -482,6 +501,14 @@ def augment(
     """
     root, out = Path(root).resolve(), Path(out).resolve()
     _check_dirs(root, out)
+    idx, n_shards = shard if shard is not None else (0, 1)
+    if not (int(n_shards) >= 1 and 0 <= int(idx) < int(n_shards)):
+        raise ValueError(f"shard must be (index, count) with 0 <= index < count, got {shard}")
+    idx, n_shards = int(idx), int(n_shards)
+    if n_shards > 1 and barrier is None:
+        raise ValueError("a sharded augment needs a barrier (e.g. accelerate's PartialState().wait_for_everyone)")
+    if n_shards > 1 and model is None and train_steps is not None:
+        raise ValueError("a sharded augment does not train (train_steps): train with `posegen train`, then pass --model")
     progress = progress or (lambda stage, done, total: None)
     k = k or recipe.augment.k
     steps = num_inference_steps or recipe.sample.steps
@@ -494,6 +521,8 @@ def augment(
         splits=list(splits), steps=steps, scheduler=sched, train_steps=train_steps, version=__version__,
         reid_weights=reid, notes=[] if reid else [NO_REID_NOTE],
     )  # fmt: skip
+    if n_shards > 1:
+        settings["shards"] = n_shards
     # Check the inputs before touching OUT.
     dataset = load_dataset(root, layout)
     if model is not None and not Path(model).exists():
@@ -504,8 +533,22 @@ def augment(
     pipe = _load_model(model) if model is not None or train_steps is None else None  # None: the shipped default
     _check_model(pipe, recipe, sched, scheduler)
     settings["model_kind"] = "latent" if getattr(pipe, "returns_source_size", False) else "pixel"
-    _prepare_out(out, settings, resume, overwrite)
+    if n_shards == 1:
+        _prepare_out(out, settings, resume, overwrite)
+    else:  # shard 0 prepares OUT while the others wait
+        error = None
+        if idx == 0:
+            try:
+                _prepare_out(out, settings, resume, overwrite)
+            except Exception as e:  # noqa: BLE001 - re-raised after the barrier, so no shard hangs
+                error = e
+        barrier()
+        if error is not None:
+            raise error
+        if _read_run_json(out / STATE_DIR / "run.json") != json.loads(json.dumps(settings, default=str)):
+            raise OutputDirError(f"shard {idx}: the main process could not prepare {out} (see its error)")
     state = out / STATE_DIR
+    mine = (lambda rel: True) if n_shards == 1 else (lambda rel: shard_of(rel, n_shards) == idx)
 
     dataset = dataset[~dataset["synthetic"]].reset_index(drop=True)
     manifest = dataset
@@ -513,10 +556,19 @@ def augment(
         chosen = manifest[manifest["split"].isin(splits)].head(limit)
         manifest = manifest[manifest["path"].isin(chosen["path"])].reset_index(drop=True)
 
-    # 1. poses (the bank), resumable
-    poses = extract_poses(
-        manifest, root, backend, out=state / "poses.parquet", progress=lambda d, t: progress("poses", d, t)
-    )
+    # 1. poses (the bank), resumable; sharded: each shard its own images, then all shards' files
+    if n_shards == 1:
+        poses = extract_poses(
+            manifest, root, backend, out=state / "poses.parquet", progress=lambda d, t: progress("poses", d, t)
+        )
+    else:
+        own = manifest[[mine(p) for p in manifest["path"]]]
+        extract_poses(own, root, backend, out=_shard_file(state, "poses", idx, n_shards, ".parquet"),
+                      progress=lambda d, t: progress("poses", d, t))  # fmt: skip
+        _sync(state, "poses", idx, n_shards, {}, poll_s, progress)
+        poses = _merged_poses(manifest, state, n_shards)
+        if idx == 0:
+            write_poses(poses, state / "poses.parquet")
     pose_of = poses.set_index("path")
     usable = usable_poses(poses, min_score=recipe.pose.min_score, min_keypoints=recipe.pose.min_keypoints)
     usable_paths = set(poses.loc[usable, "path"])
@@ -525,7 +577,29 @@ def augment(
         p: why for p, r in zip(poses["path"], poses["reason"]) if (why := _input_rejection(r)) is not None
     }
 
-    # 2. the model: the given one, the shipped default, or (train_steps given) one trained on DIR
+    # 2. copy the real images (the enlarged dataset contains them), byte for byte; unreadable ones
+    # are not copied (their manifest row says why). The planned copies are recorded first so that
+    # --overwrite knows which files posegen wrote. Sharded: each shard its own images, and every
+    # shard learns the others' copy failures before choosing targets.
+    to_copy = [rel for rel in manifest["path"] if rel not in bad_inputs]
+    if idx == 0:
+        atomic_to_parquet(pd.DataFrame({"path": pd.Series(to_copy, dtype=str)}), state / "real.parquet")
+    own_copies = [rel for rel in to_copy if mine(rel)]
+    failed: dict[str, str] = {}
+    progress("copy", 0, len(own_copies))
+    for i, rel in enumerate(own_copies, 1):
+        try:
+            _copy_file(root / rel, out / rel)
+        except OSError as e:  # e.g. permission denied: reject the image, the run goes on
+            failed[rel] = f"{INPUT_REJECTED} unreadable image ({e.strerror or type(e).__name__})"
+        progress("copy", i, len(own_copies))
+    if n_shards > 1:
+        for part in _sync(state, "copy", idx, n_shards, {"failed": failed}, poll_s, progress):
+            failed.update(part["failed"])
+    bad_inputs.update(failed)
+    usable_paths -= set(failed)
+
+    # 3. the model: the given one, the shipped default, or (train_steps given) one trained on DIR
     if pipe is None:
         from ..repose import train
 
@@ -542,20 +616,6 @@ def augment(
         pipe.scheduler = make_scheduler(sched, pipe.scheduler.config)
     if recipe.augment.plausible_only:
         usable_paths &= _plausible_paths(poses, recipe)
-
-    # 3. copy the real images (the enlarged dataset contains them), byte for byte; unreadable ones
-    # are not copied (their manifest row says why). The planned copies are recorded first so that
-    # --overwrite knows which files posegen wrote.
-    to_copy = [rel for rel in manifest["path"] if rel not in bad_inputs]
-    atomic_to_parquet(pd.DataFrame({"path": pd.Series(to_copy, dtype=str)}), state / "real.parquet")
-    progress("copy", 0, len(to_copy))
-    for i, rel in enumerate(to_copy, 1):
-        try:
-            _copy_file(root / rel, out / rel)
-        except OSError as e:  # e.g. permission denied: reject the image, the run goes on
-            bad_inputs[rel] = f"{INPUT_REJECTED} unreadable image ({e.strerror or type(e).__name__})"
-            usable_paths.discard(rel)
-        progress("copy", i, len(to_copy))
 
     # 4. targets: the pose bank, minus the poses the prior finds implausible
     meta = manifest.set_index("path")
@@ -582,16 +642,18 @@ def augment(
     )  # fmt: skip
     progress("identity", 1, 1)
 
-    # 5-7. generate, filter, write — batch by batch, each batch's rows saved as one part file
+    # 5-7. generate, filter, write — batch by batch, batch b's rows saved as part-<b>.parquet. The
+    # batches are cut from the whole task list (the same in every shard and in one process); a
+    # shard generates the batches b with b % shards == its index; a finished batch is skipped.
     parts_dir = state / "parts"
     parts_dir.mkdir(parents=True, exist_ok=True)
-    part_files = sorted(parts_dir.glob("part-*.parquet"))
-    done = pd.concat([pd.read_parquet(p) for p in part_files], ignore_index=True) if part_files else None
-    done_keys = set(zip(done["source"], done["k"])) if done is not None else set()
-    todo = tasks[[key not in done_keys for key in zip(tasks["source"], tasks["k"])]].reset_index(drop=True)
-    n_parts, total = len(part_files), len(tasks)
-    progress("generate", total - len(todo), total)
     bs = recipe.sample.batch_size
+    batches = [b for b in range(0, (len(tasks) + bs - 1) // bs) if b % n_shards == idx]
+    todo_batches = [b for b in batches if not (parts_dir / f"part-{b:06d}.parquet").exists()]
+    total = sum(min(bs, len(tasks) - b * bs) for b in batches)
+    done_n = total - sum(min(bs, len(tasks) - b * bs) for b in todo_batches)
+    todo = tasks.iloc[[i for b in todo_batches for i in range(b * bs, min((b + 1) * bs, len(tasks)))]]
+    progress("generate", done_n, total)
     if latent_model:
         guidance = dict(
             strength=recipe.sample.strength, start=recipe.sample.start, align=recipe.augment.align_targets,
@@ -599,12 +661,18 @@ def augment(
         )  # fmt: skip
     else:
         guidance = _guidance(recipe) if len(todo) else {}
-    for start in range(0, len(todo), bs):
-        batch = todo.iloc[start : start + bs]
+    for b in todo_batches:
+        batch = tasks.iloc[b * bs : (b + 1) * bs]
         rows = _generate_batch(batch, pipe, root, out, pose_of, meta, scorer, steps, guidance)
-        atomic_to_parquet(pd.DataFrame(rows, columns=MANIFEST_COLUMNS), parts_dir / f"part-{n_parts:06d}.parquet")
-        n_parts += 1
-        progress("generate", total - len(todo) + start + len(batch), total)
+        atomic_to_parquet(pd.DataFrame(rows, columns=MANIFEST_COLUMNS), parts_dir / f"part-{b:06d}.parquet")
+        done_n += len(batch)
+        progress("generate", done_n, total)
+    if n_shards > 1:
+        _mark(state, "generate", idx, n_shards, {})
+        if idx != 0:  # shard 0 merges; this shard returns its own rows
+            own = [parts_dir / f"part-{b:06d}.parquet" for b in batches]
+            return pd.concat([pd.read_parquet(p) for p in own], ignore_index=True) if own else pd.DataFrame(columns=MANIFEST_COLUMNS)
+        _wait(state, "generate", n_shards, poll_s, progress)
 
     # 8. the output manifest: real images, synthetic images (kept and rejected), unusable sources
     part_files = sorted(parts_dir.glob("part-*.parquet"))
@@ -626,6 +694,51 @@ def augment(
 
     write_report(out, result, recipe, prior_threshold=max_energy, rows=report_rows, seed=seed, notes=settings["notes"])
     return result
+
+
+def shard_of(path: str, num_shards: int) -> int:
+    """The shard (``0 .. num_shards - 1``) of an image path: a stable hash (same in every process and
+    on every machine, :func:`posegen._io.stable_seed`) of the path relative to DIR."""
+    return stable_seed("posegen-shard", str(path)) % int(num_shards)
+
+
+def _shard_file(state: Path, stage: str, idx: int, n: int, suffix: str) -> Path:
+    return state / "shards" / f"{stage}-{idx:04d}-of-{n:04d}{suffix}"
+
+
+def _mark(state: Path, stage: str, idx: int, n: int, payload: dict) -> None:
+    """Record that shard ``idx`` finished ``stage`` (a small JSON marker with ``payload``)."""
+    atomic_write_json(_shard_file(state, stage, idx, n, ".done.json"), payload)
+
+
+def _wait(state: Path, stage: str, n: int, poll_s: float, progress: Progress) -> list[dict]:
+    """Wait (no time limit) until every shard marked ``stage`` done; their payloads, by shard."""
+    files = [_shard_file(state, stage, j, n, ".done.json") for j in range(n)]
+    seen = -1
+    while True:
+        ready = [f for f in files if f.exists()]
+        if len(ready) != seen:
+            seen = len(ready)
+            progress("wait", seen, n)
+        if len(ready) == n:
+            return [json.loads(f.read_text()) for f in files]
+        time.sleep(poll_s)
+
+
+def _sync(state: Path, stage: str, idx: int, n: int, payload: dict, poll_s: float, progress: Progress) -> list[dict]:
+    """Mark ``stage`` done for shard ``idx`` and wait for every shard; their payloads."""
+    _mark(state, stage, idx, n, payload)
+    return _wait(state, stage, n, poll_s, progress)
+
+
+def _merged_poses(manifest: pd.DataFrame, state: Path, n: int) -> pd.DataFrame:
+    """The pose bank of ``manifest`` from every shard's pose file, in manifest order."""
+    frames = [read_poses(_shard_file(state, "poses", j, n, ".parquet")) for j in range(n)]
+    frames = [f for f in frames if len(f)]
+    poses = pd.concat(frames, ignore_index=True) if frames else new_poses_frame([])
+    order = {p: i for i, p in enumerate(manifest["path"])}
+    poses = poses[poses["path"].isin(order)].drop_duplicates("path", keep="last")
+    return poses.sort_values("path", key=lambda c: c.map(order)).reset_index(drop=True)
 
 
 def _plausible_paths(poses: pd.DataFrame, recipe: Recipe) -> set[str]:
