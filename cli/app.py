@@ -49,6 +49,9 @@ def extract_poses_cmd(
     ),
     weights: Optional[str] = typer.Option(None, help="Local weights file for backends that need one."),
     limit: Optional[int] = typer.Option(None, min=1, help="Only the first N images (sorted by path)."),
+    shard: Optional[str] = typer.Option(
+        None, "--shard", help="I/N: only the images of shard I of N (stable hash of the path, 0-based), for job arrays; merge the N files afterwards (README)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output (errors and the summary still print)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the native mediapipe / absl / TFLite log lines and error tracebacks."),
 ):
@@ -65,6 +68,8 @@ def extract_poses_cmd(
         manifest = load_dataset(data, layout)
         if limit is not None:
             manifest = manifest.head(limit)
+        if shard is not None:
+            manifest = _shard_rows(manifest, shard)
         t0 = time.perf_counter()
         with get_backend(backend, weights) as be, _progress() as update:
             poses = extract_poses(manifest, data, be, out=out, progress=lambda d, t: update("poses", d, t))
@@ -80,6 +85,23 @@ def extract_poses_cmd(
     console.print(table)
     for reason, n in s["failed_by_reason"].items():
         console.print(f"  failed: {reason}: {n}")
+
+
+def _shard_rows(manifest, spec: str):
+    """The rows of ``manifest`` in shard ``I`` of ``N`` (``spec`` = ``"I/N"``, 0 <= I < N).
+
+    Raises:
+        ValueError: ``spec`` is not ``I/N`` with 0 <= I < N.
+    """
+    from posegen._io import shard_of
+
+    try:
+        i, n = (int(v) for v in spec.split("/"))
+        if not 0 <= i < n:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"--shard must be I/N with 0 <= I < N (e.g. 0/8), got {spec!r}") from None
+    return manifest[[shard_of(p, n) == i for p in manifest["path"]]].reset_index(drop=True)
 
 
 @app.command("train")

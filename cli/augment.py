@@ -61,19 +61,20 @@ def counts_table(before: dict | None, after: dict, title: str) -> list[Table]:
 
 
 def _distributed():
-    """``((index, count), barrier)`` under a multi-process launcher (``accelerate launch``,
-    ``torchrun``: ``WORLD_SIZE`` > 1), else ``(None, None)``; uses accelerate's ``PartialState``."""
+    """``((index, count), barrier, device)`` under a multi-process launcher (``accelerate launch``,
+    ``torchrun``: ``WORLD_SIZE`` > 1), else ``(None, None, None)``; uses accelerate's
+    ``PartialState`` (``device``: this process's GPU, or ``"cpu"``)."""
     import os
 
     if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
-        return None, None
+        return None, None, None
     import torch
     from accelerate import PartialState
 
     state = PartialState(cpu=not torch.cuda.is_available())
     if state.num_processes <= 1:
-        return None, None
-    return (state.process_index, state.num_processes), state.wait_for_everyone
+        return None, None, None
+    return (state.process_index, state.num_processes), state.wait_for_everyone, str(state.device)
 
 
 def _print_rejected_inputs(s: dict) -> None:
@@ -105,6 +106,7 @@ def augment_cmd(
     report_rows: int = typer.Option(200, "--report-rows", min=0, help="Most image rows in OUT/report.html."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in OUT."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous posegen output in OUT."),
+    device: Optional[str] = typer.Option(None, "--device", help="Where the model runs: cpu or cuda (cuda:1, ...). Default: cpu; under accelerate launch with GPUs, each process's own GPU."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output (errors and the summary still print)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Native library log lines and error tracebacks."),
 ):
@@ -132,13 +134,14 @@ def augment_cmd(
 
             return cb
 
-        shard, barrier = _distributed()
+        shard, barrier, shard_device = _distributed()
         with get_backend(backend, weights) as be, _progress() as update:
             manifest = augment(
                 data, out, recipe=rec, backend=be, model=model, layout=layout, seed=seed, k=k,
                 limit=limit, splits=tuple(split), num_inference_steps=steps, scheduler=scheduler,
                 train_steps=train_steps, reid_weights=reid_weights, report_rows=report_rows, resume=resume,
                 overwrite=overwrite, progress=timed(update), shard=shard, barrier=barrier,
+                device=device or shard_device or "cpu",
             )  # fmt: skip
     if shard is not None and shard[0] != 0:
         console.print(f"shard {shard[0]} of {shard[1]}: done ({len(manifest)} generated rows); the main process writes {out / 'manifest.parquet'}")

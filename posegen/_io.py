@@ -22,6 +22,7 @@ __all__ = [
     "atomic_to_parquet",
     "atomic_save_image",
     "stable_seed",
+    "shard_of",
 ]
 
 
@@ -102,3 +103,12 @@ def stable_seed(*parts: Any) -> int:
     """
     h = hashlib.blake2b(repr(parts).encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(h, "little") & ((1 << 63) - 1)
+
+
+def shard_of(path: str, num_shards: int) -> int:
+    """The shard (``0 .. num_shards - 1``) of an image path, by a stable hash of the path string.
+
+    The same path gives the same shard in every process and on every machine (:func:`stable_seed`);
+    pass the path relative to the dataset root, so that every machine agrees whatever the mount.
+    """
+    return stable_seed("posegen-shard", str(path)) % int(num_shards)

@@ -519,3 +519,30 @@ def test_sharded_augment_matches_one_process_and_resumes(tmp_path):
     assert {r: (tmp_path / "two" / r).read_bytes() for r in images} == images
     assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())  # other batches were not redone
     assert not list((state / "parts").glob(".*.tmp"))
+
+
+def test_extract_poses_shards_for_job_arrays(tmp_path):
+    """`extract-poses --shard I/N` splits the images by a stable path hash; the N files merge into the full bank."""
+    from posegen.pose.formats import read_poses, write_poses
+
+    root = tmp_path / "data"
+    root.mkdir()
+    for name in [f"{pid:04d}_{k:02d}.jpg" for pid in range(2) for k in (0, 1, 5, 6)]:  # shards 1 1 1 0 1 0 1 1
+        shutil.copy(require(CUHK03 / "train" / name), root / name)
+    app = _cli_app()
+    for i in range(2):
+        res = runner.invoke(app, ["extract-poses", str(root), "--out", str(tmp_path / f"poses-{i}.parquet"), "--shard", f"{i}/2", "-q"])
+        assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["extract-poses", str(root), "--out", str(tmp_path / "all.parquet"), "-q"])
+    assert res.exit_code == 0, res.output
+    parts = [read_poses(tmp_path / f"poses-{i}.parquet") for i in range(2)]
+    assert all(len(p) for p in parts) and not set(parts[0]["path"]) & set(parts[1]["path"])
+    # the README's merge step
+    merged = pd.concat(parts, ignore_index=True).sort_values("path").reset_index(drop=True)
+    write_poses(merged, tmp_path / "merged.parquet")
+    full = read_poses(tmp_path / "all.parquet")
+    pd.testing.assert_frame_equal(read_poses(tmp_path / "merged.parquet").drop(columns="keypoints"), full.drop(columns="keypoints"))
+    for a, b in zip(read_poses(tmp_path / "merged.parquet")["keypoints"], full["keypoints"]):
+        np.testing.assert_array_equal(a, b)
+    res = runner.invoke(app, ["extract-poses", str(root), "--out", str(tmp_path / "x.parquet"), "--shard", "2/2"])
+    assert "--shard" in _one_line_error(res)

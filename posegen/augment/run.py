@@ -77,7 +77,7 @@ import pandas as pd
 from PIL import Image
 
 from .. import __version__
-from .._io import atomic_to_parquet, atomic_write, atomic_write_bytes, atomic_write_json, stable_seed
+from .._io import atomic_to_parquet, atomic_write, atomic_write_bytes, atomic_write_json, shard_of
 from ..data import load_dataset
 from ..data.images import read_image
 from ..pose.extract import POSE_MAX_SIDE
@@ -310,15 +310,15 @@ def _check_model(pipe, recipe: Recipe, scheduler: str | None, explicit_scheduler
         )
 
 
-def _load_model(model: str | os.PathLike | None):
+def _load_model(model: str | os.PathLike | None, device: str = "cpu"):
     from ..repose import load_pipeline
 
     if model is None:
-        return load_pipeline(None)  # the default model shipped with posegen
+        return load_pipeline(None, device=device)  # the default model shipped with posegen
     model = Path(model)
     if (model / "model" / "model_index.json").exists():  # a training run folder
         model = model / "model"
-    return load_pipeline(model)
+    return load_pipeline(model, device=device)
 
 
 def _prior_energies(keypoints: np.ndarray, recipe: Recipe) -> tuple[np.ndarray, float | None]:
@@ -435,6 +435,7 @@ def augment(
     shard: tuple[int, int] | None = None,
     barrier: Callable[[], None] | None = None,
     poll_s: float = 2.0,
+    device: str = "cpu",
 ) -> pd.DataFrame:
     """Augment a dataset folder with re-posed images of its identities.
 
@@ -484,6 +485,9 @@ def augment(
             ``accelerate.PartialState().wait_for_everyone``): shards other than 0 wait at it
             until shard 0 has prepared OUT. Required when ``count > 1``.
         poll_s: seconds between two looks for other shards' markers.
+        device: where the re-posing model runs (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...); noises
+            are drawn on the CPU, so the choices do not depend on it (the pixels may differ by
+            floating-point rounding between devices).
 
     Returns:
         The output manifest (also written to ``OUT/manifest.parquet``), columns
@@ -530,7 +534,7 @@ def augment(
     if model is None and train_steps is not None and recipe.latent is not None:
         raise ValueError("augment trains only pixel-space recipes (train_steps); train a latent recipe with `posegen train`")
     embedder = load_embedder(reid)
-    pipe = _load_model(model) if model is not None or train_steps is None else None  # None: the shipped default
+    pipe = _load_model(model, device) if model is not None or train_steps is None else None  # None: the shipped default
     _check_model(pipe, recipe, sched, scheduler)
     settings["model_kind"] = "latent" if getattr(pipe, "returns_source_size", False) else "pixel"
     if n_shards == 1:
@@ -608,7 +612,7 @@ def augment(
             recipe, manifest, poses, root, run_dir, steps=train_steps,
             progress=lambda step, total, logs: progress("train", step, total),
         )  # fmt: skip
-        pipe = _load_model(model_dir)
+        pipe = _load_model(model_dir, device)
     latent_model = bool(getattr(pipe, "returns_source_size", False))
     if not latent_model:
         from ..repose import make_scheduler
@@ -694,12 +698,6 @@ def augment(
 
     write_report(out, result, recipe, prior_threshold=max_energy, rows=report_rows, seed=seed, notes=settings["notes"])
     return result
-
-
-def shard_of(path: str, num_shards: int) -> int:
-    """The shard (``0 .. num_shards - 1``) of an image path: a stable hash (same in every process and
-    on every machine, :func:`posegen._io.stable_seed`) of the path relative to DIR."""
-    return stable_seed("posegen-shard", str(path)) % int(num_shards)
 
 
 def _shard_file(state: Path, stage: str, idx: int, n: int, suffix: str) -> Path:
