@@ -199,6 +199,8 @@ def filter_cmd(
                 out, recipe=rec, backend=be, reid_weights=reid_weights, report_rows=report_rows,
                 progress=update,
             )  # fmt: skip
-    for t in counts_table(before, summarize(manifest), f"posegen filter {out}"):
+    after = summarize(manifest)
+    _print_rejected_inputs(after)
+    for t in counts_table(before, after, f"posegen filter {out}"):
         console.print(t)
     console.print(f"manifest: {out / 'manifest.parquet'}; report: {out / 'report.html'}")

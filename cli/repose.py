@@ -15,7 +15,7 @@ import typer
 from rich.table import Table
 
 from .common import clear_errors as _clear_errors
-from .common import console
+from .common import console, set_verbosity
 from .common import fail as _fail
 from .common import progress_display as _progress
 
@@ -48,8 +48,11 @@ def repose_cmd(
     pose_guidance: Optional[float] = typer.Option(None, "--pose-guidance", help="Pose guidance scale (default: the model's recipe, else 1.0)."),
     appearance_guidance: Optional[float] = typer.Option(None, "--appearance-guidance", help="Appearance guidance scale (default: the model's recipe, else 1.0)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (a CUDA device index like cuda:1 works too)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output (errors and the summary still print)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Native library log lines and error tracebacks."),
 ):
     """Re-pose one image into a target pose, or every pair of a Pose-Transfer pairs file (--pairs)."""
+    set_verbosity(quiet, verbose)
     given = {"--source": source, "--target-pose": target_pose, "--target-name": target_name,
              "--poses": poses, "--images": images, "--batch-size": batch_size, "--limit": limit}  # fmt: skip
     if pairs is not None:

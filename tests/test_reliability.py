@@ -112,8 +112,25 @@ def bad_run(blazepose, tmp_path_factory):
     for name in GOOD:
         shutil.copy(require(CUHK03 / "train" / name), root / name)
     out = root.parent / "out"
-    manifest = augment(root, out, recipe=load_recipe("default"), backend=blazepose, k=1, seed=0)
+    calls: list[tuple[str, int, int]] = []
+    manifest = augment(
+        root, out, recipe=load_recipe("default"), backend=blazepose, k=1, seed=0,
+        progress=lambda stage, done, total: calls.append((stage, done, total)),
+    )  # fmt: skip
+    bad_run_progress[:] = calls
     return root, out, manifest, expected
+
+
+bad_run_progress: list[tuple[str, int, int]] = []
+
+
+def test_copy_progress_counts_every_image(bad_run):
+    """The CLI's stage table counts ``last done - first done``: a stage must start at 0."""
+    copy = [(d, t) for stage, d, t in bad_run_progress if stage == "copy"]
+    assert copy[0] == (0, len(GOOD)) and copy[-1] == (len(GOOD), len(GOOD))
+    for stage in ("poses", "generate"):
+        first = next(d for s_, d, _ in bad_run_progress if s_ == stage)
+        assert first == 0, stage
 
 
 def test_bad_inputs_are_rejected_rows_not_copied(bad_run):
