@@ -77,6 +77,21 @@ def _distributed():
     return (state.process_index, state.num_processes), state.wait_for_everyone, str(state.device)
 
 
+def _print_notes(out: Path) -> None:
+    """Print the run record's notes (skipped files, ...) except the re-ID one, already warned about."""
+    import json
+
+    from posegen.augment.run import NO_REID_NOTE, STATE_DIR
+
+    try:
+        notes = json.loads((out / STATE_DIR / "run.json").read_text()).get("notes", [])
+    except (OSError, ValueError):
+        return
+    for note in notes:
+        if note != NO_REID_NOTE:
+            console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+
+
 def _print_rejected_inputs(s: dict) -> None:
     """Print the count of unusable input images and their reasons (nothing when there are none)."""
     if s.get("rejected_inputs"):
@@ -149,6 +164,7 @@ def augment_cmd(
     s = summarize(manifest)
     console.print(f"real images: {s['real']}; {(time.perf_counter() - t0) / 60:.1f} minutes")
     _print_rejected_inputs(s)
+    _print_notes(out)
     for t in counts_table(None, s, f"posegen augment -> {out}"):
         console.print(t)
     rates = Table(title="stages")

@@ -111,6 +111,7 @@ def bad_run(blazepose, tmp_path_factory):
     expected = _bad_files(root)
     for name in GOOD:
         shutil.copy(require(CUHK03 / "train" / name), root / name)
+    shutil.copy(root / GOOD[0], root / "holiday.jpg")  # a name CUHK03 does not take: a note, not a row
     out = root.parent / "out"
     calls: list[tuple[str, int, int]] = []
     manifest = augment(
@@ -574,3 +575,24 @@ def test_extract_poses_shards_for_job_arrays(tmp_path):
         np.testing.assert_array_equal(a, b)
     res = runner.invoke(app, ["extract-poses", str(root), "--out", str(tmp_path / "x.parquet"), "--shard", "2/2"])
     assert "--shard" in _one_line_error(res)
+
+
+def test_names_the_layout_skips_are_reported(tmp_path):
+    root = tmp_path / "d"
+    root.mkdir()
+    for name in [f"{pid:04d}_{k:02d}.jpg" for pid in range(2) for k in range(10)]:
+        shutil.copy(require(CUHK03 / "train" / name), root / name)
+    shutil.copy(CUHK03 / "train" / GOOD[0], root / "holiday.jpg")  # not <pid>_<k>.jpg (CUHK03 takes >= 90 % matching)
+    from posegen.data.layouts import skipped_images
+
+    df = load_dataset(root)
+    assert df.attrs["layout"] == "cuhk03" and skipped_images(df) == ["holiday.jpg"]
+    market = _market(tmp_path / "m", {"bounding_box_test": ["-1_c1s1_000401_03.jpg", "0002_c1s1_000451_03.jpg", "x.jpg"]})
+    assert skipped_images(load_dataset(market)) == ["bounding_box_test/x.jpg"]  # junk (pid -1) is by design
+
+
+def test_skipped_names_are_a_note_of_the_run(bad_run):
+    root, out, _, _ = bad_run
+    notes = json.loads((out / STATE_DIR / "run.json").read_text())["notes"]
+    assert any(n.startswith("1 image files of DIR do not follow the cuhk03 naming") and "holiday.jpg" in n for n in notes)
+    assert "holiday.jpg" in (out / "report.html").read_text() and not (out / "holiday.jpg").exists()

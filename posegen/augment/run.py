@@ -79,6 +79,7 @@ from PIL import Image
 from .. import __version__
 from .._io import atomic_to_parquet, atomic_write, atomic_write_bytes, atomic_write_json, shard_of
 from ..data import load_dataset
+from ..data.layouts import skipped_images
 from ..data.images import read_image
 from ..pose.extract import POSE_MAX_SIDE
 from ..filter.identity import IdentityReference, load_embedder
@@ -529,6 +530,12 @@ def augment(
         settings["shards"] = n_shards
     # Check the inputs before touching OUT.
     dataset = load_dataset(root, layout)
+    skipped_names = skipped_images(dataset)
+    if skipped_names:
+        settings["notes"] = settings["notes"] + [
+            f"{len(skipped_names)} image files of DIR do not follow the {dataset.attrs['layout']} naming and were "
+            f"not used (e.g. {', '.join(skipped_names[:3])})"
+        ]
     if model is not None and not Path(model).exists():
         raise FileNotFoundError(f"model not found: {model}")
     if model is None and train_steps is not None and recipe.latent is not None:

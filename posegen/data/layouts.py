@@ -41,6 +41,7 @@ by the stage that reads it).
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 from pathlib import Path
 from typing import Callable
@@ -57,6 +58,7 @@ __all__ = [
     "detect_layout",
     "is_synthetic_name",
     "load_dataset",
+    "skipped_images",
 ]
 
 #: Manifest columns, in order.
@@ -242,6 +244,7 @@ def load_dataset(root: str | os.PathLike, layout: str | None = None) -> pd.DataF
         The manifest: columns :data:`MANIFEST_COLUMNS` (``path`` str relative to the root, POSIX;
         ``pid``, ``camid`` int64; ``split`` str; ``synthetic`` bool; ``identity`` str), one row per
         image, sorted by ``path``; ``attrs["root"]`` (absolute root, str) and ``attrs["layout"]``.
+        Files the layout skips by name: :func:`skipped_images`.
 
     Raises:
         ValueError: ``layout`` is not a known layout name.
@@ -265,3 +268,30 @@ def load_dataset(root: str | os.PathLike, layout: str | None = None) -> pd.DataF
     df.attrs["root"] = str(path)
     df.attrs["layout"] = name
     return df
+
+
+def skipped_images(manifest: pd.DataFrame) -> list[str]:
+    """Image files beside a manifest's images (same folders) whose names its layout does not accept.
+
+    E.g. ``holiday.jpg`` in a CUHK03 folder: the layout skips it by name; callers report such files
+    instead of dropping them silently. Market-1501 junk images (pid -1, named correctly) are
+    skipped by design (as torchreid does) and not listed.
+
+    Args:
+        manifest: a :func:`load_dataset` result (uses ``path`` and ``attrs["root"]``, ``attrs["layout"]``).
+
+    Returns:
+        Relative POSIX paths, sorted.
+    """
+    root, layout = Path(manifest.attrs["root"]), manifest.attrs["layout"]
+    taken = set(manifest["path"])
+    folders = sorted({posixpath.dirname(p) for p in taken})
+    skipped = []
+    for folder in folders:
+        for n in _image_names(root / folder):
+            rel = f"{folder}/{n}" if folder else n
+            if layout == "market1501" and _MARKET_NAME.match(n):
+                continue  # junk (pid -1): skipped on purpose
+            if rel not in taken:
+                skipped.append(rel)
+    return sorted(skipped)
