@@ -57,6 +57,7 @@ def extract_poses_cmd(
 ):
     """Estimate COCO-17 keypoints for every image of DATA (resumable: a re-run skips done images)."""
     from posegen.data import load_dataset
+    from posegen.data.layouts import skipped_images
     from posegen.pose.backends import get_backend
     from posegen.pose.extract import extract_poses, pose_summary
 
@@ -66,6 +67,12 @@ def extract_poses_cmd(
         if out.suffix.lower() not in (".parquet", ".csv", ".json"):
             out = out.with_suffix(out.suffix + ".parquet") if out.suffix else out.with_suffix(".parquet")
         manifest = load_dataset(data, layout)
+        skipped = skipped_images(manifest)
+        if skipped:
+            console.print(
+                f"[yellow]note:[/yellow] {len(skipped)} image files do not follow the {manifest.attrs['layout']} naming "
+                f"and are not used (e.g. {', '.join(skipped[:3])})", highlight=False,
+            )  # fmt: skip
         if limit is not None:
             manifest = manifest.head(limit)
         if shard is not None:

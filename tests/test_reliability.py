@@ -175,6 +175,30 @@ def test_overwrite_deletes_only_what_posegen_wrote(bad_run, tmp_path):
     assert left == [f"{STATE_DIR}/run.json", "keep/0009_00.jpg", "my-notes.txt"]
 
 
+def test_copy_failure_is_a_rejected_row(blazepose, tmp_path, monkeypatch):
+    """A file that read fine for its pose but cannot be copied (simulated: the tests may run as root)."""
+    import posegen.augment.run as run
+
+    root = tmp_path / "data"
+    root.mkdir()
+    for name in GOOD:
+        shutil.copy(require(CUHK03 / "train" / name), root / name)
+    real_copy = run._copy_file
+
+    def copy(src, dst):
+        if src.name == GOOD[1]:
+            raise PermissionError(13, "Permission denied", str(src))
+        real_copy(src, dst)
+
+    monkeypatch.setattr(run, "_copy_file", copy)
+    m = augment(root, tmp_path / "out", recipe=load_recipe("default"), backend=blazepose, k=1)
+    row = m[(m["path"] == GOOD[1]) & ~m["synthetic"]].iloc[0]
+    assert not row["kept"] and row["reason"] == "rejected: unreadable image (Permission denied)"
+    assert not (tmp_path / "out" / GOOD[1]).exists()
+    assert not (m["synthetic"] & (m["source"] == GOOD[1])).any()  # never re-posed
+    assert summarize(m)["rejected_inputs"] == 1
+
+
 def test_copy_stage_permission_denied_is_a_rejected_row(blazepose, tmp_path):
     if os.geteuid() == 0:
         pytest.skip("runs as root: root reads a file whatever its permissions, so 'permission denied' cannot happen")
