@@ -328,6 +328,13 @@ def test_k_and_limit_must_be_positive(small_data, tmp_path, args):
     assert res.exit_code == 2 and not (tmp_path / "out").exists()
 
 
+def test_library_k_and_limit_must_be_positive(small_data, tmp_path):
+    for kwargs in ({"k": 0}, {"limit": 0}, {"limit": -3}):
+        with pytest.raises(ValueError, match="at least 1"):
+            augment(small_data, tmp_path / "out", recipe=load_recipe("default"), backend=None, **kwargs)
+        assert not (tmp_path / "out").exists()
+
+
 def test_pixel_model_resolution_must_match_the_recipe():
     pipe = SimpleNamespace(resolution=(128, 64), scheduler=SimpleNamespace(config={}))
     with pytest.raises(ValueError, match="128x64.*64x32"):

@@ -499,8 +499,8 @@ def augment(
             run's settings differ.
         posegen.data.LayoutError: DIR's layout is unknown or it has no images.
         FileNotFoundError: ``model`` or ``reid_weights`` does not exist.
-        ValueError: an unreadable model or re-ID file, an unknown scheduler, or a pixel-space model
-            whose resolution differs from ``recipe.model.resolution``.
+        ValueError: ``k`` or ``limit`` below 1, an unreadable model or re-ID file, an unknown
+            scheduler, or a pixel-space model whose resolution differs from ``recipe.model.resolution``.
 
     Every check above happens before OUT is touched, so a corrected rerun is never refused.
     """
@@ -515,7 +515,11 @@ def augment(
     if n_shards > 1 and model is None and train_steps is not None:
         raise ValueError("a sharded augment does not train (train_steps): train with `posegen train`, then pass --model")
     progress = progress or (lambda stage, done, total: None)
-    k = k or recipe.augment.k
+    k = recipe.augment.k if k is None else int(k)
+    if k < 1:
+        raise ValueError(f"k (target poses per source) must be at least 1, got {k}")
+    if limit is not None and int(limit) < 1:
+        raise ValueError(f"limit must be at least 1 image, got {limit}")
     steps = num_inference_steps or recipe.sample.steps
     sched = scheduler or recipe.sample.scheduler
     reid = reid_weights if reid_weights is not None else recipe.filter.reid_weights

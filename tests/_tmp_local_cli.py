@@ -1,0 +1,78 @@
+"""The Typer app: clear errors for bad input, and extract-poses in every output format."""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from cli.app import app
+from posegen.pose.formats import read_poses
+
+runner = CliRunner()
+
+
+def test_empty_folder_is_a_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    res = runner.invoke(app, ["augment", str(tmp_path / "empty"), "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2
+    assert "no image" in res.output.lower()
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_layout(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x.jpg").write_bytes(b"")
+    res = runner.invoke(app, ["extract-poses", str(tmp_path / "d"), "--out", str(tmp_path / "p.parquet")])
+    assert res.exit_code == 2
+    for tried in ("market1501", "cuhk03", "generic"):
+        assert tried in res.output
+    res = runner.invoke(app, ["extract-poses", str(tmp_path / "d"), "--layout", "nope", "--out", str(tmp_path / "p.csv")])
+    assert res.exit_code == 2 and "nope" in res.output
+
+
+def test_bad_recipe_field_is_named(tmp_path, cuhk03_train):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("train:\n  stepz: 3\n")
+    res = runner.invoke(app, ["augment", str(cuhk03_train), "--out", str(tmp_path / "o"), "--recipe", str(recipe)])
+    assert res.exit_code == 2
+    assert "train.stepz" in res.output
+    res = runner.invoke(app, ["augment", str(cuhk03_train), "--out", str(tmp_path / "o"), "--recipe", "nope"])
+    assert res.exit_code == 2 and "tiny" in res.output  # lists the built-in recipes
+
+
+def test_extract_poses_all_formats(tmp_path, cuhk03_train):
+    for ext in ("parquet", "csv", "json"):
+        out = tmp_path / f"poses.{ext}"
+        res = runner.invoke(app, ["extract-poses", str(cuhk03_train), "--out", str(out), "--limit", "5"])
+        assert res.exit_code == 0, res.output
+        poses = read_poses(out)
+        assert len(poses) == 5 and (poses["status"] == "ok").sum() >= 3
+
+
+def test_train_then_repose(tmp_path, cuhk03_small):
+    from PIL import Image
+
+    from posegen.pose.formats import write_poses
+
+    root, manifest, poses = cuhk03_small
+    poses_file = write_poses(poses, tmp_path / "poses.parquet")
+    run = tmp_path / "run"
+    res = runner.invoke(
+        app, ["train", "--data", str(root), "--poses", str(poses_file), "--out", str(run), "--steps", "6"]
+    )
+    assert res.exit_code == 0, res.output
+    assert (run / "model" / "model_index.json").exists() and (run / "loss.csv").exists()
+    ok = poses[poses["status"] == "ok"]["path"].tolist()
+    source, target = root / ok[0], root / ok[-1]
+    for target_pose, extra in ((target, []), (poses_file, ["--target-name", ok[-1]])):
+        out = tmp_path / f"out-{len(extra)}.png"
+        res = runner.invoke(
+            app,
+            ["repose", "--model", str(run), "--source", str(source), "--target-pose", str(target_pose),
+             "--out", str(out), "--steps", "2", *extra],
+        )  # fmt: skip
+        assert res.exit_code == 0, res.output
+        with Image.open(out) as im, Image.open(source) as src:
+            assert im.size == src.size  # written at the source image's size
+    res = runner.invoke(app, ["repose", "--model", str(tmp_path / "nope"), "--source", str(source),
+                              "--target-pose", str(target), "--out", str(tmp_path / "x.png")])  # fmt: skip
+    assert res.exit_code == 2 and "nope" in res.output
