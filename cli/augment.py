@@ -109,6 +109,12 @@ def augment_cmd(
     k: Optional[int] = typer.Option(None, "-k", min=1, help="Target poses per source image (default: recipe)."),
     seed: int = typer.Option(0, help="Run seed (targets and noise derive from it)."),
     limit: Optional[int] = typer.Option(None, min=1, help="Trial run on the first N images (sorted by path)."),
+    real_fraction: Optional[float] = typer.Option(
+        None, "--real-fraction", help="Re-pose only this fraction of the images (>= 1 per identity): the subset `eval-downstream --real-fraction F --seeds S` trains on."
+    ),
+    subset_seeds: Optional[str] = typer.Option(
+        None, "--subset-seeds", help="Seeds of the --real-fraction draw, e.g. '0,1,2' (the union of their subsets; default: --seed)."
+    ),
     split: list[str] = typer.Option(["train"], "--split", help="Splits to re-pose (repeatable)."),
     steps: Optional[int] = typer.Option(None, help="Sampling steps (default: recipe)."),
     scheduler: Optional[str] = typer.Option(None, help="Sampler (default: recipe): ddim, dpm++, unipc, euler, ddpm."),
@@ -134,7 +140,13 @@ def augment_cmd(
     from posegen.pose.backends import get_backend
     from posegen.recipe import load_recipe
 
+    from .downstream import parse_ints
+
     set_verbosity(quiet, verbose)
+
+    sub_seeds = tuple(parse_ints(subset_seeds, "--subset-seeds")) if subset_seeds is not None else None
+    if sub_seeds is not None and real_fraction is None:
+        raise typer.BadParameter("--subset-seeds needs --real-fraction")
     with _clear_errors():
         rec = load_recipe(recipe)
         _warn_no_reid(console, rec, reid_weights)
@@ -153,7 +165,7 @@ def augment_cmd(
         with get_backend(backend, weights) as be, _progress() as update:
             manifest = augment(
                 data, out, recipe=rec, backend=be, model=model, layout=layout, seed=seed, k=k,
-                limit=limit, splits=tuple(split), num_inference_steps=steps, scheduler=scheduler,
+                limit=limit, real_fraction=real_fraction, subset_seeds=sub_seeds, splits=tuple(split), num_inference_steps=steps, scheduler=scheduler,
                 train_steps=train_steps, reid_weights=reid_weights, report_rows=report_rows, resume=resume,
                 overwrite=overwrite, progress=timed(update), shard=shard, barrier=barrier,
                 device=device or shard_device or "cpu",

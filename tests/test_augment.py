@@ -217,3 +217,34 @@ def test_no_reid_weights_skips_identity_with_a_note(cuhk03_train, blazepose, tmp
     assert len(gen) and gen["identity_sim"].isna().all() and gen["identity_sim_others"].isna().all()
     assert np.isfinite(gen["source_ssim"]).all() and np.isfinite(gen["oks"]).all()
     assert NO_REID_NOTE in (out / "report.html").read_text()
+
+
+def test_real_fraction_augments_the_subset_eval_downstream_trains_on(cuhk03_train, blazepose, tmp_path, run):
+    """`augment --real-fraction F --seed S` re-poses only images of the subset that
+    `eval-downstream --real-fraction F --seeds S` keeps (same draw on DIR = detected/train as on detected/)."""
+    from posegen.data.subsets import subsample_real, subsample_union
+
+    model = run[0] / ".posegen" / "model-run"
+    out = tmp_path / "fraction"
+    manifest = augment(
+        cuhk03_train, out, recipe=load_recipe("tiny"), backend=blazepose, model=model, seed=5, k=1, limit=4,
+        num_inference_steps=2, real_fraction=0.2,
+    )  # fmt: skip
+    settings = json.loads((out / ".posegen" / "run.json").read_text())
+    assert settings["real_fraction"] == 0.2 and settings["subset_seeds"] == [5]
+    assert settings["model_card"] is False  # a model trained here has no card: eval-downstream will refuse it
+    train = load_dataset(cuhk03_train)
+    subset = subsample_real(train, 0.2, 5)
+    real = manifest[~manifest["synthetic"]]
+    assert list(real["path"]) == sorted(subset["path"])[:4]
+    # eval-downstream draws on the dataset root (paths with train/): the same images
+    root = load_dataset(cuhk03_train.parent)
+    eval_subset = subsample_real(root[root["split"] == "train"].reset_index(drop=True), 0.2, 5)
+    assert {f"train/{p}" for p in subset["path"]} == set(eval_subset["path"])
+    # several seeds: the union, which holds each seed's subset
+    union = subsample_union(train, 0.2, (0, 1, 2))
+    for s in (0, 1, 2):
+        assert set(subsample_real(train, 0.2, s)["path"]) <= set(union["path"])
+    with pytest.raises(ValueError, match="real-fraction"):
+        augment(cuhk03_train, tmp_path / "bad", recipe=load_recipe("tiny"), backend=blazepose, model=model, real_fraction=1.5)
+    assert not (tmp_path / "bad").exists()

@@ -1,4 +1,4 @@
-"""posegen eval-downstream: a small real torchreid run on CUHK03, the leak check, fractions, seeds, CLI."""
+"""posegen eval-downstream: a small real torchreid run on CUHK03 (pretrained start, four arms), the leak checks, fractions, seeds, the ONNX conversion, CLI."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ pytest.importorskip("torchreid", reason="eval-downstream needs torchreid==0.2.5 
 
 from posegen.downstream import (  # noqa: E402
     LeakError,
+    check_generator_leak,
     check_leaks,
     evaluate_downstream,
     load_init_weights,
@@ -27,6 +28,8 @@ from posegen.downstream import (  # noqa: E402
     load_synthetic,
     subsample_real,
 )
+from posegen.repose.pipeline import default_model_dir  # noqa: E402
+from posegen.repose.provenance import file_digest, read_provenance, write_provenance  # noqa: E402
 
 # a few identities, one epoch, tiny images: every output file in seconds on 2 CPU cores
 SMALL = dict(max_train_pids=6, max_test_pids=10, epochs=1, height=64, width=32, batch_size=8, device="cpu", threads=1)
@@ -39,24 +42,55 @@ def detected() -> Path:
     return DETECTED
 
 
+def make_augment_out(detected: Path, out: Path, pids=range(6), card_from: Path | None = None) -> Path:
+    """An augment-style OUT made from CUHK03 ``train/``: one synthetic image per real image of ``pids``
+    (a real image shifted by 4 pixels, so it differs from its source), with the provenance of
+    ``card_from`` (default: the shipped default model) copied into ``.posegen/``."""
+    rows = []
+    for src in sorted((detected / "train").glob("*.jpg")):
+        pid = int(src.name.split("_")[0])
+        if pid not in pids:
+            continue
+        rel = f"{src.stem}_pg00.jpg"
+        with Image.open(src) as im:
+            arr = np.roll(np.asarray(im.convert("RGB")), 4, axis=1)
+        (out).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(arr).save(out / rel)
+        rows.append(dict(path=rel, pid=pid, camid=0 if int(src.stem.split("_")[1]) < 5 else 1, split="train",
+                         synthetic=True, source=src.name, k=0, kept=True, reason=""))  # fmt: skip
+    pd.DataFrame(rows).to_parquet(out / "manifest.parquet", index=False)
+    (out / ".posegen").mkdir(exist_ok=True)
+    model = card_from or default_model_dir()
+    (out / ".posegen" / "run.json").write_text(json.dumps({"root": str(detected / "train"), "model": str(model)}))
+    write_provenance(out / ".posegen", *read_provenance(model))
+    return out
+
+
 @pytest.fixture(scope="module")
 def small_run(detected, tmp_path_factory):
-    out = tmp_path_factory.mktemp("downstream") / "report"
-    result = evaluate_downstream(detected, None, out, synthetic="flip", fractions=(0.5, 1.0), seeds=(0,), **SMALL)
-    return out, result
+    base = tmp_path_factory.mktemp("downstream")
+    aug = make_augment_out(detected, base / "aug")
+    out = base / "report"
+    result = evaluate_downstream(detected, aug, out, fractions=(0.5, 1.0), seeds=(0,), **SMALL)
+    return out, result, aug
 
 
 def test_small_real_run_writes_every_file_with_sane_numbers(small_run):
-    out, result = small_run
+    out, result, _ = small_run
     for name in ("results.json", "runs.csv", "summary.csv", "summary.md", "cmc.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert not list(out.rglob("*.tmp"))
     with Image.open(out / "cmc.png") as im:
         assert im.format == "PNG" and im.width > 100
     saved = json.loads((out / "results.json").read_text())
-    assert len(saved["runs"]) == 2 * 3 and len(saved["summary"]) == 2 * 3
-    assert saved["config"]["pretrained"] is False and saved["protocol"]["n_test_pids"] == 10
+    assert len(saved["runs"]) == 2 * 4 and len(saved["summary"]) == 2 * 4
+    # pretrained start by default: the shared OSNet x0.25 MSMT17 ONNX file
+    assert saved["config"]["from_scratch"] is False and saved["config"]["init_weights"].endswith("osnet_x0_25_msmt17.onnx")
+    assert saved["config"]["fixbase_epochs"] == 1
+    assert saved["protocol"]["n_test_pids"] == 10
     assert saved["protocol"]["n_query"] > 0 and saved["protocol"]["n_gallery"] > 0
+    gen = saved["generator"]
+    assert gen["verified"] is True and gen["leaked"] is False and gen["image_overlap"] == 0
     for r in saved["runs"]:
         assert 0.0 <= r["mAP"] <= 1.0
         cmc = np.asarray(r["cmc"])
@@ -67,21 +101,27 @@ def test_small_real_run_writes_every_file_with_sane_numbers(small_run):
     runs = pd.DataFrame(saved["runs"])
     for f, g in runs.groupby("fraction"):
         by = g.set_index("arm")
-        # the two control arms add the same number of images; the flip stand-in adds one per kept real image
-        assert by.loc["synthetic", "n_extra"] == by.loc["duplicate", "n_extra"] == by.loc["real", "n_real"]
+        # the control arms add as many images as posegen: one per posegen image whose source is kept
+        assert by.loc["posegen", "n_extra"] == by.loc["duplicate", "n_extra"] == by.loc["flip", "n_extra"] == by.loc["real", "n_real"]
         assert by.loc["real", "n_extra"] == 0 and by.loc["real", "n_pids"] == 6
     assert runs.loc[runs["fraction"] == 0.5, "n_real"].iloc[0] < runs.loc[runs["fraction"] == 1.0, "n_real"].iloc[0]
     summary = pd.read_csv(out / "summary.csv")
-    assert {"delta_mAP_mean", "mAP_mean", "mAP_std", "rank1_mean"} <= set(summary.columns)
+    assert {"delta_mAP_mean", "mAP_mean", "mAP_std", "rank1_mean", "vs_duplicate_mAP_mean", "vs_flip_mAP_mean"} <= set(summary.columns)
     md = (out / "summary.md").read_text()
-    assert "| 1.00 | synthetic |" in md and "Δ mAP" in md
-    # the stand-in synthetic images are flipped copies of training images only
-    syn = pd.read_parquet(out / "synthetic-flip" / "manifest.parquet")
-    assert syn["source"].str.startswith("train/").all() and len(syn) == runs["n_real"].max()
+    assert "| 1.00 | posegen |" in md and "| 1.00 | flip |" in md and "Δ mAP" in md and "LEAKED" not in md
+    assert "verified" in md and "0 of the" in md
+    assert any("duplicate by more than the seed std" in v for v in saved["verdicts"])
+    # the flip arm's images are mirrored copies of real training images, written beside the report
+    flipped = sorted((out / "flipped").rglob("*_pg00.jpg"))
+    assert len(flipped) == runs["n_real"].max()
+    src = DETECTED / "train" / flipped[0].name.replace("_pg00", "")
+    with Image.open(flipped[0]) as a, Image.open(src) as b:
+        diff = np.abs(np.asarray(a, dtype=float) - np.asarray(b.convert("RGB"), dtype=float)[:, ::-1]).mean()
+    assert diff < 3.0  # JPEG round trip only
 
 
 def test_same_seed_reproduces(small_run, detected, tmp_path):
-    _, first = small_run
+    _, first, _ = small_run
     again = evaluate_downstream(detected, None, tmp_path / "again", arms=("real",), fractions=(1.0,), seeds=(0,), **SMALL)
     a = next(r for r in first["runs"] if r["arm"] == "real" and r["fraction"] == 1.0)
     b = again["runs"][0]
@@ -120,30 +160,96 @@ def _plant(out: Path, rows: list[dict]) -> None:
 
 
 def test_leak_check_fails_on_a_planted_leak(small_run, detected, tmp_path):
-    out, _ = small_run
+    _, _, clean = small_run
     aug = tmp_path / "aug"
-    shutil.copytree(out / "synthetic-flip", aug)
+    shutil.copytree(clean, aug)
     # clean copy: passes
     real = load_real(detected, max_train_pids=6, max_test_pids=10)
     check_leaks(load_synthetic(aug, real), real)
     # a synthetic image made from a query image (val/ view A), labelled as training data
-    _plant(aug, [{"path": "val/0000_00_pg00.jpg", "source": "val/0000_00.jpg", "pid": 0, "split": "train"}])
+    _plant(aug, [{"path": "val_0000_00_pg00.jpg", "source": "../val/0000_00.jpg", "pid": 0, "split": "train"}])
     with pytest.raises(LeakError, match="source is a query/gallery image"):
         evaluate_downstream(detected, aug, tmp_path / "r", **SMALL)
     assert not (tmp_path / "r" / "results.json").exists()
 
     aug2 = tmp_path / "aug2"
-    shutil.copytree(out / "synthetic-flip", aug2)
-    _plant(aug2, [{"path": "train/0001_00_pg07.jpg", "source": "train/0001_00.jpg", "pid": 2}])  # wrong identity
+    shutil.copytree(clean, aug2)
+    _plant(aug2, [{"path": "0001_00_pg07.jpg", "source": "0001_00.jpg", "pid": 2}])  # wrong identity
     with pytest.raises(LeakError, match="pid differs"):
         evaluate_downstream(detected, aug2, tmp_path / "r2", **SMALL)
 
     # a synthetic image whose source was dropped by --real-fraction
-    syn = load_synthetic(out / "synthetic-flip", real)
+    syn = load_synthetic(clean, real)
     kept = subsample_real(real.train, 0.5, seed=0)
     with pytest.raises(LeakError, match="dropped"):
         check_leaks(syn, real, kept["path"])
     check_leaks(syn[syn["real_path"].isin(set(kept["path"]))], real, kept["path"])
+
+
+def test_generator_trained_on_evaluation_images_is_refused_unless_allow_leak(small_run, detected, tmp_path):
+    """A fixture model card whose training images include one CUHK03 val (query) image."""
+    _, _, clean = small_run
+    model = tmp_path / "leaky-model"
+    model.mkdir()
+    card = {"training_data": [{"dataset": "CUHK03-detected", "split": "val", "folder": str(detected / "val"), "identities": [0, 1]}]}
+    write_provenance(model, card, [file_digest(detected / "val" / "0000_00.jpg"), "0123456789abcdef"])
+    aug = make_augment_out(detected, tmp_path / "aug", pids=range(6), card_from=model)
+    real = load_real(detected, max_train_pids=6, max_test_pids=10)
+    check = check_generator_leak(aug, real)
+    assert check.verified and check.leaked and check.image_overlap == 1 and check.identity_overlap >= 1
+    with pytest.raises(LeakError, match="allow-leak"):
+        evaluate_downstream(detected, aug, tmp_path / "r", arms=("real", "posegen"), fractions=(1.0,), **SMALL)
+    assert not (tmp_path / "r").exists()
+    result = evaluate_downstream(
+        detected, aug, tmp_path / "r", arms=("real", "posegen"), fractions=(1.0,), allow_leak=True, from_scratch=True, **SMALL
+    )  # fmt: skip
+    assert result["generator"]["leaked"] is True and result["config"]["from_scratch"] is True
+    assert "LEAKED" in (tmp_path / "r" / "summary.md").read_text().splitlines()[0]
+    # no model card at all: cannot be verified, refused the same way
+    nocard = tmp_path / "nocard"
+    shutil.copytree(clean, nocard)
+    for f in ("model_card.json", "training_images.sha256"):
+        (nocard / ".posegen" / f).unlink()
+    with pytest.raises(LeakError, match="cannot be verified"):
+        evaluate_downstream(detected, nocard, tmp_path / "r3", **SMALL)
+
+
+def test_onnx_osnet_converts_to_torchreid_with_matching_features(detected):
+    """The shared ONNX OSNet (BatchNorm folded) as a torchreid osnet_x0_25: features match onnxruntime's."""
+    import onnxruntime as ort
+    import torch
+    from torchreid.reid import models
+
+    from posegen.downstream.pretrained import calibrate_identity_batchnorm, default_osnet_onnx, load_onnx_osnet
+
+    path = default_osnet_onnx()
+    if not path.is_file():
+        pytest.skip(f"needs the shared OSNet ONNX file at {path}")
+    files = sorted((detected / "val").glob("*.jpg"))[::29][:32]
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    x = np.stack([
+        ((np.asarray(Image.open(f).convert("RGB").resize((128, 256), Image.BILINEAR)) / 255.0 - mean) / std).transpose(2, 0, 1)
+        for f in files
+    ]).astype(np.float32)  # fmt: skip
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    ref = np.concatenate([sess.run(None, {name: x[i : i + 1]})[0] for i in range(len(x))])
+    net = models.build_model("osnet_x0_25", num_classes=7, pretrained=False)
+    info = load_onnx_osnet(net, path)
+    assert info["skipped"] == ["classifier.weight", "classifier.bias"]
+    net.eval()
+
+    def cos(f):
+        return (f * ref).sum(1) / np.linalg.norm(f, axis=1) / np.linalg.norm(ref, axis=1)
+
+    with torch.no_grad():
+        assert cos(net(torch.from_numpy(x)).numpy()).min() >= 0.999
+    # BatchNorm calibration keeps the eval-mode function
+    assert calibrate_identity_batchnorm(net, torch.from_numpy(x)) > 50
+    with torch.no_grad():
+        assert cos(net(torch.from_numpy(x)).numpy()).min() >= 0.999
+    with pytest.raises(FileNotFoundError):
+        load_onnx_osnet(net, path.parent / "missing.onnx")
 
 
 def test_leak_check_test_identity_in_a_shared_pid_space(tmp_path):
@@ -197,8 +303,10 @@ def test_cli(detected, tmp_path):
     assert res.exit_code == 0, res.output
     assert "mAP" in res.output and (tmp_path / "o" / "summary.md").is_file()
     assert "--loss triplet" in json.loads((tmp_path / "o" / "results.json").read_text())["command"]
-    # the synthetic arms without a synthetic set: one clear line, exit status 2
-    res = runner.invoke(app, [*base, "--out", str(tmp_path / "o2")])
-    assert res.exit_code == 2 and "--synthetic flip" in res.output
+    # the posegen arm without an augment output: one clear line, exit status 2
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "o2"), "--arms", "real,posegen"])
+    assert res.exit_code == 2 and "--augmented" in res.output
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "o4"), "--model", "resnet50"])
+    assert res.exit_code == 2 and "--from-scratch" in res.output
     res = runner.invoke(app, [*base, "--out", str(tmp_path / "o3"), "--real-fraction", "0.5,x"])
     assert res.exit_code == 2 and "real-fraction" in res.output

@@ -80,6 +80,7 @@ from .. import __version__
 from .._io import atomic_to_parquet, atomic_write, atomic_write_bytes, atomic_write_json, shard_of
 from ..data import load_dataset
 from ..data.layouts import skipped_images
+from ..data.subsets import subsample_union
 from ..data.images import read_image
 from ..pose.extract import POSE_MAX_SIDE
 from ..filter.identity import IdentityReference, load_embedder
@@ -424,6 +425,8 @@ def augment(
     seed: int = 0,
     k: int | None = None,
     limit: int | None = None,
+    real_fraction: float | None = None,
+    subset_seeds: tuple[int, ...] | None = None,
     splits: tuple[str, ...] = ("train",),
     num_inference_steps: int | None = None,
     scheduler: str | None = None,
@@ -456,6 +459,13 @@ def augment(
         limit: use only the first ``limit`` images (sorted by path) of the chosen splits — a trial
             run on a subset; poses, targets and the copied real images are restricted to them (the
             identity check against the pid's other images still uses all of DIR's train split).
+        real_fraction: re-pose only this fraction of the chosen splits' images (at least one per
+            identity), the nested subset :func:`posegen.data.subsets.subsample_real` draws: exactly
+            the real images ``posegen eval-downstream --real-fraction F --seeds S`` trains on, so
+            every synthetic image comes from an image the real arm also has. Applied before
+            ``limit``. None: every image.
+        subset_seeds: the draw seeds of ``real_fraction`` (the union of their subsets is used);
+            default ``(seed,)``.
         splits: splits whose images are re-posed (query/gallery images are copied, never re-posed).
         num_inference_steps, scheduler: sampler overrides (default ``recipe.sample``).
         train_steps: with ``model=None``, train ``recipe``'s model on DIR for this many steps
@@ -527,12 +537,15 @@ def augment(
     settings = dict(
         root=str(root), layout=layout, model=str(Path(model).resolve()) if model else None,
         recipe=recipe.model_dump(mode="json"), backend=backend.name, seed=seed, k=k, limit=limit,
+        real_fraction=real_fraction, subset_seeds=None if real_fraction is None else sorted(set(subset_seeds or (seed,))),
         splits=list(splits), steps=steps, scheduler=sched, train_steps=train_steps, version=__version__,
         reid_weights=reid, notes=[] if reid else [NO_REID_NOTE],
     )  # fmt: skip
     if n_shards > 1:
         settings["shards"] = n_shards
     # Check the inputs before touching OUT.
+    if real_fraction is not None and not (0.0 < float(real_fraction) <= 1.0):
+        raise ValueError(f"--real-fraction must be in (0, 1], got {real_fraction}")
     dataset = load_dataset(root, layout)
     skipped_names = skipped_images(dataset)
     if skipped_names:
@@ -548,6 +561,12 @@ def augment(
     pipe = _load_model(model, device) if model is not None or train_steps is None else None  # None: the shipped default
     _check_model(pipe, recipe, sched, scheduler)
     settings["model_kind"] = "latent" if getattr(pipe, "returns_source_size", False) else "pixel"
+    from ..repose.pipeline import default_model_dir
+    from ..repose.provenance import model_folder, read_provenance, write_provenance
+
+    model_dir = default_model_dir() if model is None and train_steps is None else (model_folder(model) if model else None)
+    card, digests = read_provenance(model_dir) if model_dir is not None else (None, None)
+    settings["model_card"] = card is not None
     if n_shards == 1:
         _prepare_out(out, settings, resume, overwrite)
     else:  # shard 0 prepares OUT while the others wait
@@ -564,9 +583,15 @@ def augment(
             raise OutputDirError(f"shard {idx}: the main process could not prepare {out} (see its error)")
     state = out / STATE_DIR
     mine = (lambda rel: True) if n_shards == 1 else (lambda rel: shard_of(rel, n_shards) == idx)
+    if idx == 0:  # what the generator was trained on travels with the output (eval-downstream's leak check)
+        write_provenance(state, card, digests)
 
     dataset = dataset[~dataset["synthetic"]].reset_index(drop=True)
     manifest = dataset
+    if real_fraction is not None:
+        pool = manifest[manifest["split"].isin(splits)]
+        chosen = subsample_union(pool, real_fraction, settings["subset_seeds"])
+        manifest = manifest[~manifest["split"].isin(splits) | manifest["path"].isin(chosen["path"])].reset_index(drop=True)
     if limit is not None:
         chosen = manifest[manifest["split"].isin(splits)].head(limit)
         manifest = manifest[manifest["path"].isin(chosen["path"])].reset_index(drop=True)

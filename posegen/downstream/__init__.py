@@ -1,12 +1,14 @@
 """posegen.downstream: does an augmented dataset train a better re-ID model? (torchreid)
 
-:func:`evaluate_downstream` trains torchreid models (Zhou et al., deep-person-reid) from scratch on
-the real training set, on real + synthetic images and on real + duplicated real images, with the
-same seeds and hyper-parameters, evaluates each on the real query/gallery only (Market-1501 rule of
+:func:`evaluate_downstream` fine-tunes torchreid models (Zhou et al., deep-person-reid; by default
+OSNet x0.25 pretrained on MSMT17, converted offline from ONNX) on the real training set, on real +
+posegen images, on real + duplicated and on real + flipped real images, with the same seeds and
+hyper-parameters, evaluates each on the real query/gallery only (Market-1501 rule of
 Zheng et al. 2015) and writes a report (JSON, CSV, Markdown, CMC plot).
 
 Modules: :mod:`~posegen.downstream.data` (manifests -> training sets, real fraction, leak check),
 :mod:`~posegen.downstream.reid` (one torchreid training + evaluation),
+:mod:`~posegen.downstream.pretrained` (the ONNX -> torchreid conversion),
 :mod:`~posegen.downstream.report` (aggregation and files), :mod:`~posegen.downstream.run` (the
 protocol). torchreid is imported lazily, on the first training.
 """
@@ -20,20 +22,23 @@ from .data import (
     check_leaks,
     load_real,
     load_synthetic,
-    make_flip_synthetic,
+    GeneratorCheck,
+    NEEDS_AUGMENTED,
+    check_generator_leak,
+    flip_paths,
     relabel,
     subsample_real,
 )
 from .reid import LOSSES, MODELS, load_init_weights, train_and_evaluate
 from .report import METRICS, markdown_table, summarize_runs, write_report
-from .run import SYNTHETIC_STAND_INS, evaluate_downstream
+from .pretrained import calibrate_identity_batchnorm, default_osnet_onnx, load_onnx_osnet, osnet_state_dict_from_onnx
+from .run import evaluate_downstream
 
 __all__ = [
     "ARMS",
     "LOSSES",
     "METRICS",
     "MODELS",
-    "SYNTHETIC_STAND_INS",
     "LeakError",
     "RealData",
     "TrainSet",
@@ -43,11 +48,18 @@ __all__ = [
     "load_init_weights",
     "load_real",
     "load_synthetic",
-    "make_flip_synthetic",
+    "GeneratorCheck",
+    "NEEDS_AUGMENTED",
+    "check_generator_leak",
+    "flip_paths",
     "markdown_table",
     "relabel",
     "subsample_real",
     "summarize_runs",
     "train_and_evaluate",
     "write_report",
+    "calibrate_identity_batchnorm",
+    "default_osnet_onnx",
+    "load_onnx_osnet",
+    "osnet_state_dict_from_onnx",
 ]

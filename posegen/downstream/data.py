@@ -1,7 +1,7 @@
 """Training and test sets for the downstream re-ID evaluation, built from posegen manifests.
 
 Everything here is plain pandas over manifests (see :mod:`posegen.data.layouts`); no image is
-decoded except by :func:`make_flip_synthetic`, and torchreid is not imported.
+decoded except by :func:`flip_paths`, and torchreid is not imported.
 
 Conventions
 -----------
@@ -13,14 +13,13 @@ Conventions
   disjoint). CUHK03 as laid out in ``../shared`` restarts pids at 0 in ``val/``: train pid 3 and
   test pid 3 are different people, so there the pid check compares a synthetic image's pid with its
   source's pid only, and test identities are guarded through the sources (see :func:`check_leaks`).
-- **Synthetic set**: an augment OUT folder (``OUT/manifest.parquet``; only rows with
-  ``synthetic & kept`` and a non-empty ``path``, relative to OUT) or the flip stand-in of
-  :func:`make_flip_synthetic` (same format). Each synthetic row's ``source`` (relative to the augment
+- **Synthetic set** (the ``posegen`` arm): an augment OUT folder (``OUT/manifest.parquet``; only rows with
+  ``synthetic & kept`` and a non-empty ``path``, relative to OUT). Each synthetic row's ``source`` (relative to the augment
   input DIR, recorded in ``OUT/.posegen/run.json`` as ``root``) is mapped onto the real dataset's
   ``path`` column as ``real_path``.
 - **Training labels**: torchreid's softmax classifier wants contiguous 0-based labels; the kept real
-  training pids are relabelled ``0..C-1`` in increasing pid order (:func:`relabel`). Synthetic and
-  duplicated images take their source's label; camids are kept as they are. Test pids and camids are
+  training pids are relabelled ``0..C-1`` in increasing pid order (:func:`relabel`). Synthetic,
+  duplicated and flipped images take their source's label; camids are kept as they are. Test pids and camids are
   never relabelled (evaluation only compares them for equality).
 """
 
@@ -36,25 +35,34 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
-from .._io import atomic_save_image, atomic_to_parquet, atomic_write_json, stable_seed
+from .._io import atomic_save_image, atomic_to_parquet, atomic_write_json
 from ..data import load_dataset
+from ..data.subsets import subsample_real
 
 __all__ = [
     "ARMS",
+    "NEEDS_AUGMENTED",
     "LeakError",
+    "GeneratorCheck",
+    "check_generator_leak",
+    "flip_paths",
+    "extra_sources_needed",
     "TrainSet",
     "RealData",
     "load_real",
     "subsample_real",
     "load_synthetic",
-    "make_flip_synthetic",
     "check_leaks",
     "relabel",
     "build_train_sets",
 ]
 
-#: The three arms of the comparison, in report order.
-ARMS: tuple[str, ...] = ("real", "synthetic", "duplicate")
+#: The arms of the comparison, in report order: the real images alone; plus posegen's kept synthetic
+#: images; plus as many copies of real images (more steps, no new pose); plus as many horizontally
+#: flipped real images (the cheapest augmentation a user would try first).
+ARMS: tuple[str, ...] = ("real", "posegen", "duplicate", "flip")
+#: Arms that need an augment output (``--augmented``).
+NEEDS_AUGMENTED: tuple[str, ...] = ("posegen",)
 
 _TEST_SPLITS = ("query", "gallery")
 
@@ -101,7 +109,7 @@ class TrainSet:
         seed: the seed of the draw (and of the training run).
         rows: DataFrame with columns ``abs_path`` (str, absolute image path), ``label`` (int64,
             0-based contiguous training label), ``camid`` (int64), ``pid`` (int64, original pid),
-            ``kind`` (``"real"``, ``"synthetic"`` or ``"duplicate"``), ``real_path`` (the real image
+            ``kind`` (``"real"``, ``"posegen"``, ``"duplicate"`` or ``"flip"``), ``real_path`` (the real image
             it is or derives from, relative to the real root).
         num_classes: number of training identities (labels are ``0..num_classes-1``).
     """
@@ -177,40 +185,6 @@ def load_real(
     )
 
 
-def subsample_real(train: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
-    """Keep ``fraction`` of the real training images, at least one per identity.
-
-    Per pid with ``n`` images, ``max(1, floor(fraction * n + 0.5))`` images are kept: the first ones of a
-    permutation seeded by :func:`posegen._io.stable_seed` ``(seed, "real-fraction", pid)``, so the
-    draw is reproducible, independent of the other pids, and nested (the images kept at 0.2 are
-    among those kept at 0.4 for the same seed).
-
-    Args:
-        train: real training manifest rows (``path``, ``pid``, ...).
-        fraction: in ``(0, 1]``.
-        seed: draw seed.
-
-    Returns:
-        The kept rows, in the input's order (index reset).
-
-    Raises:
-        ValueError: ``fraction`` outside ``(0, 1]``.
-    """
-    if not (0.0 < float(fraction) <= 1.0):
-        raise ValueError(f"real fraction must be in (0, 1], got {fraction}")
-    if fraction >= 1.0:
-        return train.reset_index(drop=True)
-    keep = np.zeros(len(train), dtype=bool)
-    positions = np.arange(len(train))
-    for pid, idx in train.groupby("pid", sort=True).indices.items():
-        n_keep = max(1, int(np.floor(float(fraction) * len(idx) + 0.5)))
-        rng = np.random.default_rng(stable_seed(int(seed), "real-fraction", int(pid)))
-        # order within the pid by path so the draw does not depend on the row order
-        ordered = positions[idx][np.argsort(train["path"].to_numpy()[idx], kind="stable")]
-        keep[rng.permutation(ordered)[:n_keep]] = True
-    return train[keep].reset_index(drop=True)
-
-
 def _map_sources(sources: pd.Series, dir_root: str | None, real: RealData) -> pd.Series:
     """Map augment ``source`` paths (relative to the augment DIR) onto real manifest paths.
 
@@ -229,7 +203,7 @@ def _map_sources(sources: pd.Series, dir_root: str | None, real: RealData) -> pd
 
     def one(src: str) -> str:
         if dir_path is not None:
-            absolute = dir_path / src
+            absolute = Path(os.path.normpath(dir_path / src))
             if absolute.is_relative_to(real_root):
                 rel = absolute.relative_to(real_root).as_posix()
                 return rel if rel in known else ""
@@ -244,8 +218,7 @@ def _map_sources(sources: pd.Series, dir_root: str | None, real: RealData) -> pd
 def load_synthetic(augmented_out: str | os.PathLike, real: RealData) -> pd.DataFrame:
     """Kept synthetic images of an augment OUT folder, mapped onto the real dataset.
 
-    Reads ``OUT/manifest.parquet`` (written by :func:`posegen.augment.augment` or by
-    :func:`make_flip_synthetic`) and keeps rows with ``synthetic & kept`` and a non-empty ``path``.
+    Reads ``OUT/manifest.parquet`` (written by :func:`posegen.augment.augment`) and keeps rows with ``synthetic & kept`` and a non-empty ``path``.
     The augment input folder is read from ``OUT/.posegen/run.json`` (``root``) to locate each
     ``source`` in the real dataset (see :func:`_map_sources`).
 
@@ -299,49 +272,169 @@ def _synthetic_name(rel_path: str, k: int) -> str:
     return (p.parent / f"{p.stem}_pg{k:02d}{p.suffix}").as_posix()
 
 
-def make_flip_synthetic(
+def flip_paths(
     real: RealData,
+    paths,
     out: str | os.PathLike,
     *,
     progress: Callable[[int, int], None] | None = None,
-) -> Path:
-    """Write horizontally flipped copies of the real training images: a stand-in synthetic set.
+) -> dict[str, str]:
+    """Write horizontally flipped copies of real training images (the ``flip`` arm's extra images).
 
-    The folder has the format of an augment OUT (``manifest.parquet`` with ``synthetic = kept =
-    True``, ``k = 0``, ``source`` = the real path; ``.posegen/run.json`` with ``root`` = the real
-    root), so :func:`load_synthetic` reads it like a real augment output. File ``train/0001_03.jpg``
-    becomes ``out/train/0001_03_pg00.jpg`` (same size, same format). Existing files are kept (a
-    re-run only writes the missing ones); every file is written atomically.
+    Real image ``train/0001_03.jpg`` becomes ``out/train/0001_03_pg00.jpg`` (same size and format;
+    posegen's synthetic naming, so the folder is never mistaken for real data). Existing files are
+    kept (a re-run writes only the missing ones); each file is written atomically. Inputs are only read.
 
-    Note the real arm already flips at random (torchreid's ``random_flip``), so this stand-in adds
-    no new pose: it exercises the pipeline, it does not measure a generator.
+    Note the training transform already flips at random (torchreid's ``random_flip``), so this arm
+    adds no new pose: it is the baseline a generator has to beat.
 
     Args:
-        real: the real dataset; all its training images are flipped.
+        real: the real dataset.
+        paths: real paths (relative to ``real.root``) to flip; duplicates are written once.
         out: output folder (created).
         progress: ``progress(done, total)`` per image.
 
     Returns:
-        The folder ``out``.
+        ``{real_path: absolute path of its flipped copy}``.
     """
     out = Path(out).expanduser().resolve()
-    rows = []
-    total = len(real.train)
-    for i, r in enumerate(real.train.itertuples(index=False), 1):
-        rel = _synthetic_name(r.path, 0)
-        dst = out / rel
+    todo = sorted(set(map(str, paths)))
+    result = {}
+    for i, rel in enumerate(todo, 1):
+        dst = out / _synthetic_name(rel, 0)
         if not dst.is_file():
-            with Image.open(Path(real.root) / r.path) as im:
-                atomic_save_image(ImageOps.mirror(im.convert("RGB")), dst)
-        rows.append(
-            dict(path=rel, pid=int(r.pid), camid=int(r.camid), split="train", synthetic=True, source=r.path,
-                 k=0, target_pose_source="hflip", seed=-1, oks=np.nan, kept=True, reason="")
-        )  # fmt: skip
+            with Image.open(Path(real.root) / rel) as im:
+                atomic_save_image(ImageOps.mirror(ImageOps.exif_transpose(im).convert("RGB")), dst)
+        result[rel] = str(dst)
         if progress is not None:
-            progress(i, total)
-    atomic_write_json(out / ".posegen" / "run.json", {"root": real.root, "synthetic": "hflip"})
-    atomic_to_parquet(pd.DataFrame(rows), out / "manifest.parquet")
-    return out
+            progress(i, len(todo))
+    return result
+
+
+@dataclass
+class GeneratorCheck:
+    """What the generator of an augment output was trained on, against the evaluation set.
+
+    Attributes:
+        verified: the model card and training image digests were found and compared.
+        leaked: a query/gallery image or identity is among the generator's training data (or it
+            could not be verified).
+        image_overlap: query/gallery images whose file digest is among the training digests.
+        identity_overlap: query/gallery identities among the card's training identities of the
+            same dataset.
+        training_data: the card's ``training_data`` entries (identity lists shortened to counts).
+        notes: human-readable lines for the report.
+    """
+
+    verified: bool
+    leaked: bool
+    image_overlap: int
+    identity_overlap: int
+    training_data: list
+    notes: list
+
+    def as_dict(self) -> dict:
+        return dict(
+            verified=self.verified, leaked=self.leaked, image_overlap=self.image_overlap,
+            identity_overlap=self.identity_overlap, training_data=self.training_data, notes=self.notes,
+        )  # fmt: skip
+
+
+def _resolve_training_folder(folder: str, model_dir: Path | None) -> Path | None:
+    p = Path(folder).expanduser()
+    if p.is_absolute():
+        return p.resolve() if p.is_dir() else None
+    bases = [Path.cwd()]
+    if model_dir is not None:
+        bases = [model_dir, *list(model_dir.parents)[:4], *bases]
+    for base in bases:
+        if (base / p).is_dir():
+            return (base / p).resolve()
+    return None
+
+
+def check_generator_leak(augmented_out: str | os.PathLike, real: RealData) -> GeneratorCheck:
+    """Compare the generator's training data (from the augment output) with the evaluation set.
+
+    Reads ``OUT/.posegen/model_card.json`` and ``OUT/.posegen/training_images.sha256`` (copied there
+    by ``posegen augment`` from the model folder, see :mod:`posegen.repose.provenance`) and
+    ``OUT/.posegen/run.json`` (``model``, the model folder, to resolve relative training folders).
+
+    - **Images**: every query/gallery file of ``real`` is hashed
+      (:func:`posegen.repose.provenance.file_digest`); one among the training digests is a leak.
+    - **Identities**: for each card entry whose ``folder`` resolves to a folder inside ``real.root``
+      (the same dataset): with a shared pid space (Market-1501, generic) a query/gallery pid among
+      its ``identities`` is a leak; otherwise (CUHK03's ``val/`` renumbers pids) a query/gallery
+      image inside that folder is. Entries of other datasets hold other people.
+    - Without a model card or digests the check cannot be made: ``verified=False, leaked=True``.
+
+    Args:
+        augmented_out: the augment OUT folder.
+        real: the evaluation dataset.
+
+    Returns:
+        A :class:`GeneratorCheck`. The caller decides (``eval-downstream`` refuses a leak unless
+        ``--allow-leak``).
+
+    Raises:
+        ValueError: a malformed model card or digest file (see
+            :func:`posegen.repose.provenance.read_provenance`).
+    """
+    from ..repose.provenance import file_digest, read_provenance
+
+    state = Path(augmented_out).expanduser().resolve() / ".posegen"
+    card, digests = read_provenance(state)
+    run_json = state / "run.json"
+    model = json.loads(run_json.read_text()).get("model") if run_json.is_file() else None
+    if model is None:
+        from ..repose.pipeline import default_model_dir
+
+        model_dir = default_model_dir()
+    else:
+        model_dir = Path(model)
+    notes: list[str] = []
+    if card is None or digests is None:
+        missing = " and ".join(n for n, v in (("model_card.json", card), ("training_images.sha256", digests)) if v is None)
+        notes.append(
+            f"the generator's training data cannot be verified: {state} has no {missing} "
+            "(its model folder had none when augment ran)"
+        )
+        entries = list(card.get("training_data", [])) if card else []
+        return GeneratorCheck(False, True, 0, 0, _short(entries), notes)
+    root = Path(real.root).resolve()
+    test = real.manifest[real.manifest["split"].isin(_TEST_SPLITS)]
+    test_digests = [file_digest(root / p) for p in test["path"]]
+    image_overlap = sum(d in digests for d in test_digests)
+    identity_overlap = 0
+    entries = list(card.get("training_data", []))
+    for e in entries:
+        folder = _resolve_training_folder(str(e.get("folder", "")), model_dir) if e.get("folder") else None
+        name = f"{e.get('dataset', '?')} {e.get('split', '')}".strip()
+        if folder is None:
+            notes.append(f"training folder of {name} ({e.get('folder')}) is not on this machine: checked by image digests only")
+            continue
+        if not (folder == root or folder.is_relative_to(root) or root.is_relative_to(folder)):
+            notes.append(f"{name} ({folder}) is another dataset than the evaluation's ({root})")
+            continue
+        if real.shared_pid_space:
+            ids = {int(i) for i in e.get("identities", [])}
+            overlap = set(test["pid"].astype(int)) & ids if ids else set(test["pid"].astype(int))
+        else:
+            inside = [p for p in test["path"] if (root / p).resolve().is_relative_to(folder)]
+            overlap = set(test.loc[test["path"].isin(inside), "pid"].astype(int))
+        identity_overlap += len(overlap)
+        notes.append(f"{name} ({folder}) is part of the evaluation dataset: {len(overlap)} query/gallery identities in it")
+    notes.insert(
+        0,
+        f"generator trained on {len(digests)} image files ({', '.join(str(e.get('dataset', '?')) + ' ' + str(e.get('split', '')) for e in entries) or 'no card entries'}); "
+        f"{image_overlap} of the {len(test_digests)} query/gallery images are among them",
+    )
+    leaked = image_overlap > 0 or identity_overlap > 0
+    return GeneratorCheck(True, leaked, image_overlap, identity_overlap, _short(entries), notes)
+
+
+def _short(entries: list) -> list:
+    return [{k: (len(v) if k == "identities" and isinstance(v, list) else v) for k, v in e.items()} for e in entries]
 
 
 def check_leaks(synthetic: pd.DataFrame, real: RealData, kept_real_paths=None) -> None:
@@ -412,37 +505,43 @@ def build_train_sets(
     fraction: float,
     seed: int,
     arms: tuple[str, ...] = ARMS,
+    flipped: dict[str, str] | None = None,
 ) -> dict[str, TrainSet]:
     """The training sets of every arm for one ``(fraction, seed)``.
 
     - ``real``: :func:`subsample_real` of the real training images.
-    - ``synthetic``: the kept real images plus the synthetic images whose source is kept.
-    - ``duplicate``: the kept real images plus, for each of those synthetic images, one more copy of
-      its source image: the same number of extra samples with the same identities, and no new pose.
+    - ``posegen``: the kept real images plus the synthetic images whose source is kept.
+    - ``duplicate``: the kept real images plus one more copy of a real image per extra image.
+    - ``flip``: the kept real images plus one horizontally flipped real image per extra image.
 
+    The extra images of ``duplicate`` and ``flip`` come from the same sources as ``posegen``'s (one
+    per synthetic image whose source is kept), so the three arms have the same number of images of
+    the same identities; without a synthetic set, every kept real image gets one extra image.
     Every arm shares the label map of the kept real pids. The leak check (:func:`check_leaks`) is
     run on the synthetic images used.
 
     Args:
         real: the real dataset.
-        synthetic: :func:`load_synthetic` rows (already leak-checked without a kept set), or None
-            when only the ``real`` arm is asked for.
+        synthetic: :func:`load_synthetic` rows, or None (then ``posegen`` cannot be asked for).
         fraction: real fraction in ``(0, 1]``.
         seed: seed of the draw.
         arms: arms to build, a subset of :data:`ARMS`.
+        flipped: ``{real_path: flipped image path}`` (:func:`flip_paths`), covering the sources of
+            ``flip``'s extra images; needed when ``flip`` is asked for.
 
     Returns:
         ``{arm: TrainSet}``.
 
     Raises:
-        ValueError: an unknown arm, or ``synthetic``/``duplicate`` asked without a synthetic set.
+        ValueError: an unknown arm, ``posegen`` without a synthetic set, or ``flip`` without the
+            flipped images of its sources.
         LeakError: see :func:`check_leaks`.
     """
     bad = [a for a in arms if a not in ARMS]
     if bad:
         raise ValueError(f"unknown arm(s) {bad}; valid arms: {', '.join(ARMS)}")
-    if synthetic is None and any(a != "real" for a in arms):
-        raise ValueError("the synthetic and duplicate arms need a synthetic set (--augmented OUT or --synthetic flip)")
+    if synthetic is None and "posegen" in arms:
+        raise ValueError("the posegen arm needs an augment output (--augmented OUT)")
     kept = subsample_real(real.train, fraction, seed)
     labels = relabel(kept["pid"])
     root = Path(real.root)
@@ -456,25 +555,33 @@ def build_train_sets(
             "real_path": kept["path"].astype(str),
         }
     )
-    out: dict[str, TrainSet] = {}
-    syn_rows = dup_rows = None
+    extras: dict[str, pd.DataFrame | None] = {"real": None}
     if synthetic is not None:
         syn = synthetic[synthetic["real_path"].isin(set(kept["path"]))].reset_index(drop=True)
         check_leaks(syn, real, kept["path"])
-        syn_rows = pd.DataFrame(
+        extras["posegen"] = pd.DataFrame(
             {
                 "abs_path": syn["abs_path"].astype(str),
                 "label": syn["pid"].map(labels).astype(np.int64),
                 "camid": syn["camid"].astype(np.int64),
                 "pid": syn["pid"].astype(np.int64),
-                "kind": "synthetic",
+                "kind": "posegen",
                 "real_path": syn["real_path"].astype(str),
             }
         )
-        src = real_rows.set_index("real_path").loc[syn["real_path"]].reset_index()
-        dup_rows = src.assign(kind="duplicate")[real_rows.columns]
+        extra_sources = syn["real_path"].astype(str)
+    else:
+        extra_sources = real_rows["real_path"]
+    src = real_rows.set_index("real_path").loc[extra_sources].reset_index()[real_rows.columns]
+    extras["duplicate"] = src.assign(kind="duplicate")
+    if "flip" in arms:
+        missing = sorted(set(extra_sources) - set(flipped or {}))
+        if missing:
+            raise ValueError(f"the flip arm needs flipped copies of {len(missing)} image(s), e.g. {missing[0]} (see flip_paths)")
+        extras["flip"] = src.assign(kind="flip", abs_path=src["real_path"].map(flipped))
+    out: dict[str, TrainSet] = {}
     for arm in arms:
-        extra = {"real": None, "synthetic": syn_rows, "duplicate": dup_rows}[arm]
+        extra = extras[arm]
         rows = real_rows if extra is None else pd.concat([real_rows, extra], ignore_index=True)
         stats = {
             "n_real": int(len(real_rows)),
@@ -484,3 +591,11 @@ def build_train_sets(
         }
         out[arm] = TrainSet(arm=arm, fraction=float(fraction), seed=int(seed), rows=rows, num_classes=len(labels), stats=stats)
     return out
+
+
+def extra_sources_needed(real: RealData, synthetic: pd.DataFrame | None, fraction: float, seed: int) -> set[str]:
+    """Real paths whose flipped copy the ``flip`` arm of ``(fraction, seed)`` uses (see :func:`build_train_sets`)."""
+    kept = set(subsample_real(real.train, fraction, seed)["path"])
+    if synthetic is None:
+        return kept
+    return set(synthetic.loc[synthetic["real_path"].isin(kept), "real_path"].astype(str))

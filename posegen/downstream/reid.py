@@ -8,7 +8,9 @@ metrics (``compute_distance_matrix``, ``evaluate_rank``: CMC and mAP with the Ma
 Zheng et al. 2015, gallery images of the query's pid *and* camera are ignored).
 
 Models are always built with ``pretrained=False``: nothing is ever downloaded. ``init_weights``
-loads a local checkpoint instead (matching layers only).
+loads a local file instead: a torch/safetensors checkpoint (matching layers only) or a
+BatchNorm-folded OSNet ONNX export (:mod:`posegen.downstream.pretrained`; its identity BatchNorms
+are then calibrated on the training images so fine-tuning starts from the pretrained function).
 """
 
 from __future__ import annotations
@@ -183,6 +185,7 @@ def train_and_evaluate(
     loss: str = "softmax",
     device: str = "cpu",
     init_weights: str | Path | None = None,
+    fixbase_epochs: int = 0,
     workers: int = 0,
     threads: int | None = None,
     log: io.StringIO | None = None,
@@ -211,7 +214,12 @@ def train_and_evaluate(
             ``height x width``; a batch is ``float32 [batch_size, 3, height, width]``).
         loss: one of :data:`LOSSES`.
         device: ``"cpu"`` or ``"cuda"``.
-        init_weights: a local checkpoint to start from (:func:`load_init_weights`), else random init.
+        init_weights: a local file to start from, else random init: ``.onnx`` = a BatchNorm-folded
+            torchreid OSNet export (:func:`posegen.downstream.pretrained.load_onnx_osnet`, then
+            :func:`~posegen.downstream.pretrained.calibrate_identity_batchnorm` on up to 256
+            training images, test transform), anything else :func:`load_init_weights`.
+        fixbase_epochs: the first epochs train only the new classifier, the pretrained layers
+            frozen (torchreid's ``two_stepped_transfer_learning``); 0 trains everything throughout.
         workers: DataLoader worker processes (0 = load in the main process).
         threads: torch CPU threads for this run (restored afterwards); None keeps torch's setting.
             On a CPU shared with other processes 1 thread is often faster than several (no
@@ -259,7 +267,21 @@ def train_and_evaluate(
                 num_instances=4,
             )  # fmt: skip
             net = reid.models.build_model(model, num_classes=num_classes, loss=loss, pretrained=False, use_gpu=use_gpu)
-            if init_weights is not None:
+            if init_weights is not None and Path(init_weights).suffix.lower() == ".onnx":
+                from PIL import Image
+
+                from .pretrained import calibrate_identity_batchnorm, load_onnx_osnet
+
+                info = load_onnx_osnet(net, init_weights, arch=model)
+                calib_paths = [p for p, _, _ in train[:: max(1, len(train) // 256)]][:256]
+                calib = []
+                for p in calib_paths:
+                    with Image.open(p) as im:
+                        calib.append(dm.transform_te(im.convert("RGB")))
+                n_bn = calibrate_identity_batchnorm(net, torch.stack(calib))
+                print(f"init weights {init_weights}: {info['loaded']} tensors loaded, classifier new; "
+                      f"{n_bn} BatchNorms calibrated on {len(calib)} training images")  # fmt: skip
+            elif init_weights is not None:
                 info = load_init_weights(net, init_weights)
                 print(f"init weights {init_weights}: {info['loaded']} tensors loaded, {len(info['skipped'])} skipped")
             net = net.to(device)
@@ -282,6 +304,9 @@ def train_and_evaluate(
             for epoch in range(epochs):
                 engine.epoch = epoch
                 engine.set_model_mode("train")
+                if fixbase_epochs > 0:
+                    # epochs < fixbase_epochs: only the classifier trains (the rest frozen, eval mode)
+                    engine.two_stepped_transfer_learning(epoch, fixbase_epochs, ["classifier"])
                 for data in dm.train_loader:
                     summary = engine.forward_backward(data)
                     # softmax: "loss"; triplet: "loss_t" + "loss_x" (each already weighted by 1)

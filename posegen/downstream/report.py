@@ -15,7 +15,7 @@ import pandas as pd
 from .._io import atomic_write, atomic_write_json, atomic_write_text
 from .data import ARMS
 
-__all__ = ["METRICS", "summarize_runs", "markdown_table", "write_report"]
+__all__ = ["METRICS", "summarize_runs", "markdown_table", "verdicts", "write_report"]
 
 #: Metrics reported per run (fractions in [0, 1]).
 METRICS: tuple[str, ...] = ("mAP", "rank1", "rank5", "rank10")
@@ -38,7 +38,9 @@ def summarize_runs(runs: list[dict]) -> list[dict]:
         ``fraction``, ``arm``, ``n_seeds``, ``n_images`` (mean over seeds), ``n_extra``,
         ``<metric>_mean``, ``<metric>_std`` and, for arms other than ``real`` when the real arm ran
         with the same seeds, ``delta_<metric>_mean`` / ``delta_<metric>_std`` (per-seed differences
-        arm − real, then mean ± std: a paired comparison), plus ``cmc_mean`` (list of 50 floats).
+        arm − real, then mean ± std: a paired comparison), for ``posegen`` also
+        ``vs_duplicate_<m>_mean/std`` and ``vs_flip_<m>_mean/std`` (posegen − control, paired; m =
+        mAP, rank1), plus ``cmc_mean`` (list of 50 floats).
         Standard deviations are sample std (ddof=1), 0 with one seed.
     """
     df = pd.DataFrame(runs)
@@ -64,9 +66,47 @@ def summarize_runs(runs: list[dict]) -> list[dict]:
                     d = g[m].to_numpy() - real.loc[g["seed"], m].to_numpy()
                     row[f"delta_{m}_mean"] = float(d.mean())
                     row[f"delta_{m}_std"] = _std(d)
+            if arm == "posegen":
+                for control in ("duplicate", "flip"):
+                    c = at[at["arm"] == control].set_index("seed")
+                    if len(c) and set(g["seed"]) <= set(c.index):
+                        for m in ("mAP", "rank1"):
+                            d = g[m].to_numpy() - c.loc[g["seed"], m].to_numpy()
+                            row[f"vs_{control}_{m}_mean"] = float(d.mean())
+                            row[f"vs_{control}_{m}_std"] = _std(d)
             row["cmc_mean"] = np.mean(np.stack([np.asarray(c) for c in g["cmc"]]), axis=0).astype(float).tolist()
             out.append(row)
     return out
+
+
+def verdicts(summary: list[dict]) -> list[str]:
+    """One plain sentence per fraction: does posegen beat duplicate and flip by more than the seed std?
+
+    "More than the seed std" means the paired mAP difference (posegen − control, mean over seeds)
+    exceeds the larger of the two arms' mAP standard deviations over seeds.
+    """
+    lines = []
+    by = {(r["fraction"], r["arm"]): r for r in summary}
+    for fraction in sorted({r["fraction"] for r in summary}):
+        pg = by.get((fraction, "posegen"))
+        if pg is None:
+            continue
+        parts = []
+        for control in ("duplicate", "flip"):
+            c = by.get((fraction, control))
+            key = f"vs_{control}_mAP_mean"
+            if c is None or key not in pg:
+                continue
+            d = pg[key]
+            noise = max(pg["mAP_std"], c["mAP_std"])
+            ok = d > noise
+            parts.append(
+                f"{'beats' if ok else 'does NOT beat'} {control} by more than the seed std "
+                f"(mAP {100 * d:+.1f} points paired, seed std {100 * noise:.1f})"
+            )
+        if parts:
+            lines.append(f"At real fraction {fraction:.2f}, real + posegen " + "; it ".join(parts) + ".")
+    return lines
 
 
 def _pm(mean: float, std: float, signed: bool = False) -> str:
@@ -100,7 +140,7 @@ def _plot_cmc(summary: list[dict], path: Path, max_rank: int = 20) -> None:
     fractions = sorted({r["fraction"] for r in summary})
     fig = Figure(figsize=(4.2 * len(fractions), 3.6), dpi=110)
     axes = fig.subplots(1, len(fractions), squeeze=False)[0]
-    styles = {"real": ("tab:blue", "-"), "synthetic": ("tab:orange", "-"), "duplicate": ("tab:gray", "--")}
+    styles = {"real": ("tab:blue", "-"), "posegen": ("tab:orange", "-"), "duplicate": ("tab:gray", "--"), "flip": ("tab:green", "--")}
     ranks = np.arange(1, max_rank + 1)
     for ax, fraction in zip(axes, fractions):
         for r in [r for r in summary if r["fraction"] == fraction]:
@@ -151,22 +191,37 @@ def write_report(result: dict, out_dir: str | Path) -> dict[str, str]:
     summary = pd.DataFrame([{k: v for k, v in r.items() if k not in ("cmc_mean", "seeds")} for r in result["summary"]])
     atomic_write_text(files["summary_csv"], summary.to_csv(index=False))
     cfg, proto = result["config"], result["protocol"]
+    gen = result.get("generator") or {}
+    leaked = bool(gen.get("leaked"))
+    start = "from scratch" if cfg.get("from_scratch") else f"from {cfg.get('init_weights')}"
     md = [
-        "# posegen eval-downstream",
+        "# posegen eval-downstream" + (" — LEAKED (the generator saw evaluation data; --allow-leak)" if leaked else ""),
         "",
-        f"Real data: `{cfg['real_root']}` ({proto['layout']}); synthetic: `{cfg['synthetic_source']}`.",
+        f"Real data: `{cfg['real_root']}` ({proto['layout']}); posegen images: `{cfg['synthetic_source']}`.",
         f"Test: {proto['n_query']} query / {proto['n_gallery']} gallery images, {proto['n_test_pids']} identities "
         f"(real only). Training identities: {proto['n_train_pids']}.",
-        f"Model {cfg['model']} from scratch" + (f" (init {cfg['init_weights']})" if cfg["init_weights"] else "")
-        + f", loss {cfg['loss']}, {cfg['epochs']} epochs, {cfg['height']}x{cfg['width']}, batch {cfg['batch_size']}, "
+        f"Model {cfg['model']} {start}"
+        + f", loss {cfg['loss']}, {cfg['epochs']} epochs ({cfg.get('fixbase_epochs', 0)} classifier-only first), "
+        f"{cfg['height']}x{cfg['width']}, batch {cfg['batch_size']}, "
         f"lr {cfg['lr']}, device {cfg['device']}; seeds {', '.join(map(str, cfg['seeds']))}.",
         "",
+    ]
+    if gen:
+        md += ["Generator training data (leak check): " + ("**LEAKED** — " if leaked else "")
+               + ("verified" if gen.get("verified") else "NOT verified") + "."]
+        md += [f"- {n}" for n in gen.get("notes", [])] + [""]
+    md += [
         "Percent, mean ± sample std over seeds; Δ = arm − real with the same seed (paired), mean ± std.",
-        "Arms: real (torchreid flip + random erasing), synthetic (real + kept synthetic images whose source is kept), "
-        "duplicate (real + one more copy of each of those sources: same count, no new pose).",
+        "Arms: real (torchreid flip + random erasing); posegen (real + kept posegen images whose source is kept); "
+        "duplicate (real + one more copy of each of those sources: same count, no new pose); flip (real + a "
+        "horizontally flipped copy of each of those sources: same count; the training already flips at random).",
         "",
+        *(["**LEAKED: the generator saw evaluation images or identities; these numbers are not a fair measure.**", ""] if leaked else []),
         markdown_table(result["summary"]),
     ]
+    v = verdicts(result["summary"])
+    if v:
+        md += ["", *v]
     if result.get("command"):
         md += ["", f"Command: `{result['command']}`", ""]
     atomic_write_text(files["markdown"], "\n".join(md))

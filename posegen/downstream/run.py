@@ -1,19 +1,24 @@
 """``evaluate_downstream``: does an augmented dataset train a better re-ID model?
 
-For every real fraction and seed it trains one torchreid model per arm, with the same seed and
-hyper-parameters, and evaluates each on the real query/gallery only:
+For every real fraction and seed it fine-tunes one torchreid model per arm, with the same seed,
+start and hyper-parameters, and evaluates each on the real query/gallery only:
 
 - ``real``: the kept real training images (torchreid's flip + random erasing);
-- ``synthetic``: plus the kept synthetic images whose source image is kept;
-- ``duplicate``: plus as many duplicated real images (one more copy of each of those sources):
-  more samples and optimisation steps, no new pose. ``synthetic`` minus ``duplicate`` is the gain
-  of the new images themselves; ``synthetic`` minus ``real`` mixes it with the longer training.
+- ``posegen``: plus the kept posegen images whose source image is kept;
+- ``duplicate``: plus as many copies of real images (one per posegen image, of its source): more
+  samples and optimisation steps, no new pose;
+- ``flip``: plus as many horizontally flipped real images (same sources): the cheapest augmentation
+  a user would try first. ``posegen`` minus ``duplicate`` / ``flip`` is the gain of the new images
+  themselves; ``posegen`` minus ``real`` mixes it with the longer training.
 
-This is the experiment of the PIDM paper (Bhunia et al., CVPR 2023: Market-1501, ResNet-50, 20-80 %
-of the real training set, Rank-1 of single runs), reported with mAP and Rank-1/5/10, several seeds,
-and the duplicate control. Protocols: Market-1501 standard splits (Zheng et al., ICCV 2015);
-CUHK03 as in ``../shared/data/cuhk03-detected`` (train on ``train/``; ``val/`` view A = query,
-view B = gallery). Re-ID with torchreid (Zhou et al., deep-person-reid / OSNet, ICCV 2019).
+This is the experiment of the PIDM paper (Bhunia et al., CVPR 2023: Market-1501, a pretrained
+backbone, 20-100 % of the real training set, with and without generated images; repeated by PCDMs),
+reported with mAP and Rank-1/5/10, several seeds, the duplicate and flip controls, and a leak check
+on the generator's training data (the published protocol's generators had seen the test identities).
+Protocols: Market-1501 standard splits (Zheng et al., ICCV 2015); CUHK03 as in
+``../shared/data/cuhk03-detected`` (train on ``train/``; ``val/`` view A = query, view B = gallery).
+Re-ID with torchreid (Zhou et al., deep-person-reid / OSNet, ICCV 2019); the default start is OSNet
+x0.25 trained on MSMT17, converted offline from ONNX (:mod:`posegen.downstream.pretrained`).
 """
 
 from __future__ import annotations
@@ -27,19 +32,67 @@ from typing import Callable, Sequence
 
 from .. import __version__
 from .._io import atomic_write_text
-from .data import ARMS, build_train_sets, check_leaks, load_real, load_synthetic, make_flip_synthetic
+from .data import (
+    ARMS,
+    LeakError,
+    build_train_sets,
+    check_generator_leak,
+    check_leaks,
+    extra_sources_needed,
+    flip_paths,
+    load_real,
+    load_synthetic,
+)
+from .pretrained import ONNX_ARCH, default_osnet_onnx
 from .reid import LOSSES, MODELS, resolve_device, train_and_evaluate
-from .report import summarize_runs, write_report
+from .report import summarize_runs, verdicts, write_report
 
-__all__ = ["evaluate_downstream", "SYNTHETIC_STAND_INS"]
-
-#: Stand-in synthetic sets that need no augment output.
-SYNTHETIC_STAND_INS: tuple[str, ...] = ("flip",)
+__all__ = ["evaluate_downstream", "default_arms", "resolve_init"]
 
 Progress = Callable[[str, int, int], None]
 
 
-def _validate(fractions, seeds, arms, model, loss, epochs, batch_size, height, width, init_weights, augmented_out, synthetic):
+def default_arms(augmented: bool) -> tuple[str, ...]:
+    """Every arm that can run: all four with an augment output, else ``real``, ``duplicate``, ``flip``."""
+    return ARMS if augmented else tuple(a for a in ARMS if a != "posegen")
+
+
+def resolve_init(model: str, init_weights, from_scratch: bool) -> Path | None:
+    """The file every model starts from, or None (random init).
+
+    ``from_scratch`` -> None; a given ``init_weights`` -> that file; else, for ``osnet_x0_25``, the
+    shared OSNet x0.25 MSMT17 ONNX file (:func:`posegen.downstream.pretrained.default_osnet_onnx`).
+
+    Raises:
+        ValueError: both ``init_weights`` and ``from_scratch``; or no offline pretrained weights
+            for ``model``.
+        FileNotFoundError: the file does not exist (the message names it).
+    """
+    if from_scratch:
+        if init_weights is not None:
+            raise ValueError("give --init-weights or --from-scratch, not both")
+        return None
+    if init_weights is None:
+        if model != ONNX_ARCH:
+            raise ValueError(
+                f"no offline pretrained weights for {model}: give --init-weights FILE (a local checkpoint) "
+                f"or --from-scratch (only {ONNX_ARCH} has a default, the shared MSMT17 ONNX file)"
+            )
+        path = default_osnet_onnx()
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"pretrained re-ID weights not found: {path} (set $POSEGEN_OSNET_ONNX, give --init-weights, or --from-scratch)"
+            )
+        return path
+    path = Path(init_weights).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"--init-weights file not found: {path}")
+    if path.suffix.lower() == ".onnx" and model != ONNX_ARCH:
+        raise ValueError(f"{path} is an ONNX export of {ONNX_ARCH}; it cannot start a {model}")
+    return path
+
+
+def _validate(fractions, seeds, arms, model, loss, epochs, batch_size, height, width, augmented_out):
     if not fractions:
         raise ValueError("give at least one real fraction")
     for f in fractions:
@@ -59,17 +112,8 @@ def _validate(fractions, seeds, arms, model, loss, epochs, batch_size, height, w
     for name, v in (("epochs", epochs), ("batch size", batch_size), ("height", height), ("width", width)):
         if int(v) < 1:
             raise ValueError(f"{name} must be >= 1, got {v}")
-    if init_weights is not None and not Path(init_weights).expanduser().is_file():
-        raise FileNotFoundError(f"--init-weights file not found: {init_weights}")
-    if synthetic is not None and synthetic not in SYNTHETIC_STAND_INS:
-        raise ValueError(f"unknown synthetic stand-in {synthetic!r}; valid: {', '.join(SYNTHETIC_STAND_INS)}")
-    if augmented_out is not None and synthetic is not None:
-        raise ValueError("give either an augmented folder or a synthetic stand-in (--synthetic), not both")
-    if augmented_out is None and synthetic is None and any(a != "real" for a in arms):
-        raise ValueError(
-            "the synthetic and duplicate arms need a synthetic set: give an augment output folder "
-            "(--augmented OUT) or --synthetic flip (horizontally flipped real images, a stand-in)"
-        )
+    if augmented_out is None and "posegen" in arms:
+        raise ValueError("the posegen arm needs an augment output folder (--augmented OUT)")
 
 
 def evaluate_downstream(
@@ -77,20 +121,22 @@ def evaluate_downstream(
     augmented_out: str | os.PathLike | None,
     out_dir: str | os.PathLike,
     *,
-    synthetic: str | None = None,
     layout: str | None = None,
     model: str = "osnet_x0_25",
     fractions: Sequence[float] = (1.0,),
     seeds: Sequence[int] = (0,),
-    arms: Sequence[str] = ARMS,
-    epochs: int = 10,
-    height: int = 128,
-    width: int = 64,
+    arms: Sequence[str] | None = None,
+    epochs: int = 6,
+    height: int = 256,
+    width: int = 128,
     batch_size: int = 32,
     lr: float = 3e-4,
     loss: str = "softmax",
     device: str = "cpu",
     init_weights: str | os.PathLike | None = None,
+    from_scratch: bool = False,
+    fixbase_epochs: int | None = None,
+    allow_leak: bool = False,
     workers: int = 0,
     threads: int | None = None,
     max_train_pids: int | None = None,
@@ -98,7 +144,7 @@ def evaluate_downstream(
     command: str | None = None,
     progress: Progress | None = None,
 ) -> dict:
-    """Train torchreid models on real vs real+synthetic vs real+duplicated data; report the gain.
+    """Fine-tune torchreid models on real vs real+posegen vs real+duplicate vs real+flip; report the gain.
 
     Args:
         real_root: the real dataset folder with the train split *and* the query/gallery splits
@@ -107,49 +153,55 @@ def evaluate_downstream(
             query/gallery splits (never anything synthetic).
         augmented_out: a ``posegen augment`` output folder (OUT). Only its kept synthetic images
             are used; their sources are located in ``real_root`` through ``OUT/.posegen/run.json``,
-            so OUT may have been made from a sub-folder (e.g. CUHK03 ``detected/train``). None
-            with ``synthetic="flip"`` or ``arms=("real",)``.
+            so OUT may have been made from a sub-folder (e.g. CUHK03 ``detected/train``), or from
+            the ``--real-fraction`` subset (``augment --real-fraction F --subset-seeds S``). None:
+            no ``posegen`` arm (``duplicate`` and ``flip`` then add one image per real image).
         out_dir: the report folder (created; existing report files are replaced). Holds
             ``results.json``, ``runs.csv``, ``summary.csv``, ``summary.md``, ``cmc.png``, ``logs/``
-            (torchreid's output per run) and, with ``synthetic="flip"``, ``synthetic-flip/``.
-        synthetic: ``"flip"``: use horizontally flipped copies of the real training images
-            (written to ``out_dir/synthetic-flip``) as the synthetic set — a stand-in to exercise
-            the protocol without a generator; None otherwise.
+            (torchreid's output per run) and, for the ``flip`` arm, ``flipped/``.
         layout: force the layout of ``real_root``.
         model: ``osnet_x0_25`` (default), ``osnet_x1_0`` or ``resnet50``; always built with
-            ``pretrained=False`` (nothing is downloaded).
-        fractions: real fractions in ``(0, 1]`` (``--real-fraction``); >= 1 image per pid is kept.
+            ``pretrained=False`` (nothing is downloaded); see ``init_weights``.
+        fractions: real fractions in ``(0, 1]`` (``--real-fraction``); >= 1 image per pid is kept;
+            nested (:func:`posegen.data.subsets.subsample_real`).
         seeds: one run per seed, arm and fraction; a seed fixes the real subset and the training.
-        arms: subset of ``("real", "synthetic", "duplicate")``.
+        arms: subset of :data:`~posegen.downstream.data.ARMS`; None = :func:`default_arms`.
         epochs, height, width, batch_size, lr, loss: identical for every arm
             (:func:`posegen.downstream.reid.train_and_evaluate`).
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
-        init_weights: local checkpoint to initialise every model from (same file for every arm).
+        init_weights: local file every model starts from; None = the shared OSNet x0.25 MSMT17 ONNX
+            file for ``osnet_x0_25`` (:func:`resolve_init`).
+        from_scratch: random init instead (the explicit opt-out).
+        fixbase_epochs: classifier-only epochs first; None = 1 with pretrained weights, 0 from scratch.
+        allow_leak: run even when the generator's training data includes (or cannot be verified
+            not to include) evaluation images or identities; every table is then marked LEAKED.
         workers: DataLoader worker processes.
-        threads: torch CPU threads during training/evaluation (None: torch's default); 1 is often
-            fastest on a CPU shared with other processes.
+        threads: torch CPU threads during training/evaluation (None: torch's default).
         max_train_pids, max_test_pids: restrict to the first N train / query identities — quick
             trials only (:func:`posegen.downstream.data.load_real`); the report records them.
         command: the command line, recorded in the report.
-        progress: ``progress(stage, done, total)``: stage ``"flip"`` (images written), ``"train"``
-            (optimisation steps over all runs), ``"runs"`` (finished runs).
+        progress: ``progress(stage, done, total)``: stage ``"flip"`` (flipped images written),
+            ``"train"`` (optimisation steps over all runs), ``"runs"`` (finished runs).
 
     Returns:
         The result dict, also written to ``out_dir/results.json``: ``config`` (the arguments),
         ``protocol`` (layout, image and identity counts, synthetic images available),
+        ``generator`` (:class:`~posegen.downstream.data.GeneratorCheck` as a dict, or None),
         ``runs`` (one dict per fraction × seed × arm: ``fraction``, ``seed``, ``arm``, ``n_real``,
         ``n_extra``, ``n_images``, ``n_pids``, ``mAP``, ``rank1``, ``rank5``, ``rank10`` in [0, 1],
         ``cmc`` (50 floats, ranks 1..50), ``steps``, ``train_seconds``, ``eval_seconds``),
-        ``summary`` (:func:`posegen.downstream.report.summarize_runs`), ``files``, ``versions``,
-        ``wall_seconds``.
+        ``summary`` (:func:`posegen.downstream.report.summarize_runs`), ``verdicts``, ``files``,
+        ``versions``, ``wall_seconds``.
 
     Raises:
-        ValueError: a bad argument (fraction, seed list, arm, model, loss, device, missing
-            synthetic set), a dataset without query/gallery, or a training set smaller than a batch.
-        posegen.downstream.LeakError: a synthetic image's source or pid belongs to query/gallery,
-            its source is unknown, or its source was dropped (see
-            :func:`posegen.downstream.data.check_leaks`).
-        FileNotFoundError: missing ``manifest.parquet``, synthetic image or ``init_weights``.
+        ValueError: a bad argument (fraction, seed list, arm, model, loss, device, ``posegen``
+            without an augment output), a dataset without query/gallery, or a training set smaller
+            than a batch.
+        posegen.downstream.LeakError: the generator saw query/gallery images or identities (or
+            its training data is unknown) and ``allow_leak`` is False; or a synthetic image's
+            source or pid belongs to query/gallery, its source is unknown, or its source was
+            dropped (see :func:`posegen.downstream.data.check_leaks`; never overridable).
+        FileNotFoundError: missing ``manifest.parquet``, synthetic image or weights file.
         posegen.data.LayoutError: ``real_root`` is not a dataset.
         ImportError: torchreid or its undeclared dependencies are missing.
     """
@@ -157,30 +209,37 @@ def evaluate_downstream(
     progress = progress or (lambda stage, done, total: None)
     fractions = [float(f) for f in fractions]
     seeds = [int(s) for s in seeds]
-    _validate(fractions, seeds, tuple(arms), model, loss, epochs, batch_size, height, width, init_weights, augmented_out, synthetic)
+    arms = tuple(arms) if arms is not None else default_arms(augmented_out is not None)
+    _validate(fractions, seeds, arms, model, loss, epochs, batch_size, height, width, augmented_out)
+    init = resolve_init(model, init_weights, from_scratch)
+    fixbase = (0 if init is None else 1) if fixbase_epochs is None else int(fixbase_epochs)
     arms = tuple(a for a in ARMS if a in set(arms))  # report order
-    needs_synthetic = any(a != "real" for a in arms)
     device = resolve_device(device)
     out = Path(out_dir).expanduser().resolve()
 
     real = load_real(real_root, layout, max_train_pids=max_train_pids, max_test_pids=max_test_pids)
     syn = None
-    synthetic_source = "none"
-    if needs_synthetic and augmented_out is not None:
+    generator = None
+    if augmented_out is not None:
+        generator = check_generator_leak(augmented_out, real)
+        if generator.leaked and not allow_leak:
+            raise LeakError(
+                "refusing to evaluate: " + "; ".join(generator.notes)
+                + ". Pass --allow-leak to run anyway (every table is then marked LEAKED)."
+            )
         syn = load_synthetic(augmented_out, real)
-        synthetic_source = str(Path(augmented_out).expanduser().resolve())
-    elif needs_synthetic and synthetic == "flip":
-        folder = make_flip_synthetic(real, out / "synthetic-flip", progress=lambda d, t: progress("flip", d, t))
-        syn = load_synthetic(folder, real)
-        synthetic_source = f"flip stand-in: {folder}"
-    if syn is not None:
         check_leaks(syn, real)  # before any subsampling: a test image or identity fails the run
+
+    flipped = None
+    if "flip" in arms:
+        needed = set().union(*(extra_sources_needed(real, syn, f, s) for f in fractions for s in seeds))
+        flipped = flip_paths(real, needed, out / "flipped", progress=lambda d, t: progress("flip", d, t))
 
     # Every training set first (cheap), so a leak or a too-small set fails before any training.
     plan = []
     for fraction in fractions:
         for seed in seeds:
-            sets = build_train_sets(real, syn, fraction, seed, arms)
+            sets = build_train_sets(real, syn, fraction, seed, arms, flipped=flipped)
             for arm in arms:
                 ts = sets[arm]
                 if ts.stats["n_images"] < batch_size:
@@ -203,7 +262,7 @@ def evaluate_downstream(
         res = train_and_evaluate(
             ts.as_torchreid(), query, gallery, num_classes=ts.num_classes, seed=ts.seed, model=model,
             epochs=epochs, height=height, width=width, batch_size=batch_size, lr=lr, loss=loss,
-            device=device, init_weights=init_weights, workers=workers, threads=threads, log=log,
+            device=device, init_weights=init, fixbase_epochs=fixbase, workers=workers, threads=threads, log=log,
             progress=lambda s, t: progress("train", min(offset + s, total_steps), total_steps),
         )  # fmt: skip
         done_steps = offset + max(res["steps"], estimated[i])
@@ -216,12 +275,13 @@ def evaluate_downstream(
         "config": {
             "real_root": real.root,
             "augmented_out": None if augmented_out is None else str(Path(augmented_out).expanduser().resolve()),
-            "synthetic": synthetic,
-            "synthetic_source": synthetic_source,
+            "synthetic_source": "none" if augmented_out is None else str(Path(augmented_out).expanduser().resolve()),
             "layout": layout,
             "model": model,
-            "pretrained": False,
-            "init_weights": None if init_weights is None else str(Path(init_weights).expanduser().resolve()),
+            "from_scratch": init is None,
+            "init_weights": None if init is None else str(init.resolve()),
+            "fixbase_epochs": fixbase,
+            "allow_leak": bool(allow_leak),
             "fractions": fractions,
             "seeds": seeds,
             "arms": list(arms),
@@ -249,11 +309,13 @@ def evaluate_downstream(
             "n_synthetic_available": 0 if syn is None else int(len(syn)),
             "metric": "torchreid evaluate_rank (Market-1501 rule), euclidean distance, real query/gallery only",
         },
+        "generator": None if generator is None else generator.as_dict(),
         "runs": runs,
         "summary": summarize_runs(runs),
         "versions": _versions(),
         "command": command,
     }
+    result["verdicts"] = verdicts(result["summary"])
     result["wall_seconds"] = time.perf_counter() - t_start
     write_report(result, out)
     return result
