@@ -1,7 +1,9 @@
 """The ``posegen`` command line: a thin Typer layer over the library.
 
 Each command parses options, calls one library function and renders progress and tables with
-Rich. No pipeline logic lives here.
+Rich. No pipeline logic lives here. Imports go one way: this module registers the commands of
+:mod:`cli.augment`, :mod:`cli.repose` and :mod:`cli.downstream`; the helpers they share (console,
+progress, verbosity, error handling) live in :mod:`cli.common`.
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ def _warn_no_reid(console, recipe, reid_weights) -> None:
     if reid_weights is None and recipe.filter.reid_weights is None:
         console.print(
             "[yellow]warning:[/yellow] no re-ID weights (--reid-weights or the recipe's filter.reid_weights): "
-            "the identity checks are skipped and their scores are NaN (nothing is downloaded)"
+            "the identity checks are skipped and their scores are NaN (nothing is downloaded)",
+            soft_wrap=True,
         )
 
 
