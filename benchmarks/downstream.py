@@ -126,7 +126,7 @@ def main() -> None:
     ap.add_argument("-k", type=int, default=1, help="augment: target poses per real image")
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "downstream")
     ap.add_argument("--render-only", action="store_true", help="only regenerate downstream.md from the result files")

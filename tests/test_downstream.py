@@ -86,7 +86,7 @@ def test_small_real_run_writes_every_file_with_sane_numbers(small_run):
     assert len(saved["runs"]) == 2 * 4 and len(saved["summary"]) == 2 * 4
     # pretrained start by default: the shared OSNet x0.25 MSMT17 ONNX file
     assert saved["config"]["from_scratch"] is False and saved["config"]["init_weights"].endswith("osnet_x0_25_msmt17.onnx")
-    assert saved["config"]["fixbase_epochs"] == 1
+    assert saved["config"]["fixbase_epochs"] == 0 and saved["config"]["classifier_lr_mult"] == 10.0
     assert saved["protocol"]["n_test_pids"] == 10
     assert saved["protocol"]["n_query"] > 0 and saved["protocol"]["n_gallery"] > 0
     gen = saved["generator"]

@@ -186,6 +186,7 @@ def train_and_evaluate(
     device: str = "cpu",
     init_weights: str | Path | None = None,
     fixbase_epochs: int = 0,
+    classifier_lr_mult: float = 1.0,
     workers: int = 0,
     threads: int | None = None,
     log: io.StringIO | None = None,
@@ -220,6 +221,8 @@ def train_and_evaluate(
             training images, test transform), anything else :func:`load_init_weights`.
         fixbase_epochs: the first epochs train only the new classifier, the pretrained layers
             frozen (torchreid's ``two_stepped_transfer_learning``); 0 trains everything throughout.
+        classifier_lr_mult: with ``init_weights``, the new classifier learns at ``lr *
+            classifier_lr_mult`` and the pretrained layers at ``lr`` (torchreid's ``staged_lr``).
         workers: DataLoader worker processes (0 = load in the main process).
         threads: torch CPU threads for this run (restored afterwards); None keeps torch's setting.
             On a CPU shared with other processes 1 thread is often faster than several (no
@@ -285,7 +288,14 @@ def train_and_evaluate(
                 info = load_init_weights(net, init_weights)
                 print(f"init weights {init_weights}: {info['loaded']} tensors loaded, {len(info['skipped'])} skipped")
             net = net.to(device)
-            optimizer = reid.optim.build_optimizer(net, optim="adam", lr=lr)
+            if init_weights is not None and classifier_lr_mult != 1.0:
+                # staged learning rates: the new classifier at lr * classifier_lr_mult, the rest at lr
+                optimizer = reid.optim.build_optimizer(
+                    net, optim="adam", lr=lr * classifier_lr_mult, staged_lr=True, new_layers=["classifier"],
+                    base_lr_mult=1.0 / classifier_lr_mult,
+                )  # fmt: skip
+            else:
+                optimizer = reid.optim.build_optimizer(net, optim="adam", lr=lr)
             scheduler = reid.optim.build_lr_scheduler(optimizer, lr_scheduler="cosine", max_epoch=epochs)
             if loss == "softmax":
                 engine = reid.engine.ImageSoftmaxEngine(dm, net, optimizer, scheduler=scheduler, use_gpu=use_gpu)

@@ -201,7 +201,7 @@ def write_report(result: dict, out_dir: str | Path) -> dict[str, str]:
         f"Test: {proto['n_query']} query / {proto['n_gallery']} gallery images, {proto['n_test_pids']} identities "
         f"(real only). Training identities: {proto['n_train_pids']}.",
         f"Model {cfg['model']} {start}"
-        + f", loss {cfg['loss']}, {cfg['epochs']} epochs ({cfg.get('fixbase_epochs', 0)} classifier-only first), "
+        + f", loss {cfg['loss']}, {cfg['epochs']} epochs ({cfg.get('fixbase_epochs', 0)} classifier-only first; classifier lr x{cfg.get('classifier_lr_mult', 1)}), "
         f"{cfg['height']}x{cfg['width']}, batch {cfg['batch_size']}, "
         f"lr {cfg['lr']}, device {cfg['device']}; seeds {', '.join(map(str, cfg['seeds']))}.",
         "",

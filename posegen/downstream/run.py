@@ -130,12 +130,13 @@ def evaluate_downstream(
     height: int = 256,
     width: int = 128,
     batch_size: int = 32,
-    lr: float = 3e-4,
+    lr: float = 1e-3,
     loss: str = "softmax",
     device: str = "cpu",
     init_weights: str | os.PathLike | None = None,
     from_scratch: bool = False,
-    fixbase_epochs: int | None = None,
+    fixbase_epochs: int = 0,
+    classifier_lr_mult: float = 10.0,
     allow_leak: bool = False,
     workers: int = 0,
     threads: int | None = None,
@@ -172,7 +173,9 @@ def evaluate_downstream(
         init_weights: local file every model starts from; None = the shared OSNet x0.25 MSMT17 ONNX
             file for ``osnet_x0_25`` (:func:`resolve_init`).
         from_scratch: random init instead (the explicit opt-out).
-        fixbase_epochs: classifier-only epochs first; None = 1 with pretrained weights, 0 from scratch.
+        fixbase_epochs: classifier-only epochs first (pretrained layers frozen).
+        classifier_lr_mult: with pretrained weights the new classifier learns at ``lr *
+            classifier_lr_mult`` (the pretrained layers at ``lr``); ignored from scratch.
         allow_leak: run even when the generator's training data includes (or cannot be verified
             not to include) evaluation images or identities; every table is then marked LEAKED.
         workers: DataLoader worker processes.
@@ -212,7 +215,8 @@ def evaluate_downstream(
     arms = tuple(arms) if arms is not None else default_arms(augmented_out is not None)
     _validate(fractions, seeds, arms, model, loss, epochs, batch_size, height, width, augmented_out)
     init = resolve_init(model, init_weights, from_scratch)
-    fixbase = (0 if init is None else 1) if fixbase_epochs is None else int(fixbase_epochs)
+    fixbase = int(fixbase_epochs)
+    cls_mult = 1.0 if init is None else float(classifier_lr_mult)
     arms = tuple(a for a in ARMS if a in set(arms))  # report order
     device = resolve_device(device)
     out = Path(out_dir).expanduser().resolve()
@@ -262,7 +266,7 @@ def evaluate_downstream(
         res = train_and_evaluate(
             ts.as_torchreid(), query, gallery, num_classes=ts.num_classes, seed=ts.seed, model=model,
             epochs=epochs, height=height, width=width, batch_size=batch_size, lr=lr, loss=loss,
-            device=device, init_weights=init, fixbase_epochs=fixbase, workers=workers, threads=threads, log=log,
+            device=device, init_weights=init, fixbase_epochs=fixbase, classifier_lr_mult=cls_mult, workers=workers, threads=threads, log=log,
             progress=lambda s, t: progress("train", min(offset + s, total_steps), total_steps),
         )  # fmt: skip
         done_steps = offset + max(res["steps"], estimated[i])
@@ -281,6 +285,7 @@ def evaluate_downstream(
             "from_scratch": init is None,
             "init_weights": None if init is None else str(init.resolve()),
             "fixbase_epochs": fixbase,
+            "classifier_lr_mult": cls_mult,
             "allow_leak": bool(allow_leak),
             "fractions": fractions,
             "seeds": seeds,
