@@ -71,6 +71,7 @@ from .. import __version__
 from .._io import atomic_to_parquet, atomic_write, atomic_write_bytes, atomic_write_json
 from ..data import load_dataset
 from ..data.images import read_image
+from ..data.layouts import layout_files
 from ..filter.identity import IdentityReference, load_embedder
 from ..filter.scores import filter_batch
 from ..pose.backends import PoseBackend
@@ -373,6 +374,8 @@ def augment(
     for i, rel in enumerate(manifest["path"], 1):
         _copy_file(root / rel, out / rel)
         progress("copy", i, len(manifest))
+    for rel in layout_files(root, dataset.attrs["layout"]):  # e.g. deepfashion's list_eval_partition.txt
+        _copy_file(root / rel, out / rel)
 
     # 4. targets: the pose bank, minus the poses the prior finds implausible
     meta = manifest.set_index("path")
