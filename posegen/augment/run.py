@@ -319,7 +319,7 @@ def augment(
     steps = num_inference_steps or recipe.sample.steps
     sched = scheduler or recipe.sample.scheduler
     reid = reid_weights if reid_weights is not None else recipe.filter.reid_weights
-    reid = str(Path(reid).expanduser().resolve()) if reid is not None else None
+    reid = str(Path(reid).expanduser().resolve()) if reid not in (None, "colour-histogram") else reid
     settings = dict(
         root=str(root), layout=layout, model=str(Path(model).resolve()) if model else None,
         recipe=recipe.model_dump(mode="json"), backend=backend.name, seed=seed, k=k, limit=limit,
