@@ -194,3 +194,144 @@ def test_shared_samples_are_flat_deepfashion():
     assert df["pid"].nunique() == 83 and set(df["split"]) == {"train"}
     assert set(df["camid"]) == set(range(len(VIEWS)))
     assert (df["identity"] == [f"id_{p:08d}" for p in df["pid"]]).all()
+
+
+# --- garment identity -----------------------------------------------------------------------------
+
+
+def _studio(colour_top, colour_bottom, *, bg=(235, 235, 235), shift=0, size=(256, 176)):
+    """A plain-background 'photo': two coloured blocks (top, bottom garment) on ``bg``."""
+    h, w = size
+    im = np.full((h, w, 3), bg, np.uint8)
+    im[40 + shift : 130 + shift, 50:126] = colour_top
+    im[130 + shift : 230 + shift, 60:116] = colour_bottom
+    return im
+
+
+def test_colour_histogram_separates_garments_and_ignores_the_background():
+    from posegen.filter.garment import ColourHistogramEmbedder
+
+    emb = ColourHistogramEmbedder()
+    red_blue = _studio((200, 30, 30), (30, 40, 160))
+    moved = _studio((200, 30, 30), (30, 40, 160), shift=16, bg=(120, 120, 120))  # another place, grey studio
+    green = _studio((30, 170, 40), (30, 40, 160))
+    before = red_blue.copy()
+    e = emb.embed([red_blue, moved, green])
+    assert e.shape == (3, emb.dim) and e.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
+    assert e[0] @ e[1] > 0.95  # same garments, other background and place
+    assert e[0] @ e[2] < 0.75  # the top changed colour
+    assert (red_blue == before).all()  # inputs never modified
+    fg = emb.foreground(red_blue)
+    assert fg.shape == emb.size and 0.1 < fg.mean() < 0.5  # the background is not foreground
+    with pytest.raises(ValueError, match=r"uint8 \[H, W, 3\]"):
+        emb.embed([red_blue.astype(np.float32)])
+    with pytest.raises(ValueError, match="three positive counts"):
+        ColourHistogramEmbedder(bins=(0, 4, 4))
+
+
+def test_recipe_selects_the_colour_histogram():
+    from posegen.filter import load_embedder
+    from posegen.filter.garment import ColourHistogramEmbedder
+    from posegen.recipe import load_recipe
+
+    rec = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "deepfashion.yaml")
+    assert rec.name == "deepfashion" and rec.latent is not None
+    assert rec.filter.reid_weights == "colour-histogram"
+    assert isinstance(load_embedder(rec.filter.reid_weights), ColourHistogramEmbedder)
+    with pytest.raises(FileNotFoundError):
+        load_embedder("colour-histogramm")  # anything else is a file path
+
+
+# --- fashion sizes through the default model ------------------------------------------------------
+
+
+def test_fashion_photo_letterbox_is_not_stretched():
+    from posegen.latent import letterbox_params
+
+    box = letterbox_params((176, 256), (256, 128))
+    assert box.inner == (128, 186) and box.pad == (0, 35)  # one scale: 128/176 = 186/256 (rounded)
+    assert abs(box.scale[0] - box.scale[1]) < 0.005
+    im = np.zeros((256, 176, 3), np.uint8)
+    im[:, :88] = 255  # left half white: stays the left half through the frame
+    frame = box.image_to_frame(im)
+    assert frame.shape == (256, 128, 3)
+    assert frame[128, 60].min() > 200 and frame[128, 68].max() < 50
+    back = box.frame_to_image(frame)
+    assert back.shape == im.shape
+    assert np.abs(back.astype(int) - im.astype(int)).mean() < 3
+
+
+def _require_default_model():
+    from posegen.repose import default_model_dir
+
+    if not (default_model_dir() / "model_index.json").is_file():
+        pytest.fail(f"the default model is not shipped: {default_model_dir()}")
+
+
+@needs_fashion
+@needs_taef2
+def test_repose_pairs_on_real_fashion_photos(tmp_path):
+    """The pairs protocol on the first 3 shared fashion pairs with their ground-truth poses:
+    outputs at the photos' 176x256, in the target's pose where the warp can move the person."""
+    import pandas as pd
+
+    from posegen.repose import load_pipeline
+    from posegen.repose.batch import repose_pairs
+
+    _require_default_model()
+    pairs = pd.read_csv(FASHION / "pairs.csv").head(3)
+    m = repose_pairs(pairs, FASHION / "annotations.csv", FASHION / "images", tmp_path, pipe=load_pipeline(None), steps=4)
+    assert list(m["status"]) == ["ok"] * 3, m["reason"].tolist()
+    for name in m["output"]:
+        with Image.open(tmp_path / name) as im:
+            assert im.size == (176, 256)
+            a = np.asarray(im.convert("RGB"))
+        assert a.std() > 10  # not blank
+
+
+@needs_fashion
+@needs_taef2
+def test_augment_keeps_the_release_tree(tmp_path):
+    """augment on a small In-shop release tree (6 real photos renamed into img/..., a partition
+    file marking one item as query): OUT is again a deepfashion tree, synthetic images beside their
+    sources with the source's pid / view / split, the partition file copied, query never re-posed."""
+    import shutil
+
+    from posegen.augment import augment
+    from posegen.pose.backends import get_backend
+    from posegen.recipe import load_recipe
+
+    _require_default_model()
+    names = sorted(p.name for p in (FASHION / "images").iterdir())[:6]
+    root = tmp_path / "inshop"
+    lines = []
+    for i, n in enumerate(names):
+        rel = flat_to_tree(n) + ".jpg"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(FASHION / "images" / n, root / rel)
+        lines.append(f"{rel} {rel.split('/')[3]} {'query' if i >= 4 else 'train'}")
+    (root / "list_eval_partition.txt").write_text(f"{len(lines)}\nimage_name item_id evaluation_status\n" + "\n".join(lines) + "\n")
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
+    rec = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "deepfashion.yaml")
+    out = tmp_path / "out"
+    with get_backend("blazepose") as be:
+        m = augment(root, out, recipe=rec, backend=be, k=2, seed=0)
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == before  # DIR untouched
+    assert (out / "list_eval_partition.txt").read_text() == (root / "list_eval_partition.txt").read_text()
+    df = load_dataset(out)
+    assert df.attrs["layout"] == "deepfashion"
+    real = df[~df["synthetic"]].set_index("path")
+    assert len(real) == 6 and list(real["split"]).count("query") == 2
+    syn = df[df["synthetic"]]
+    kept = m[m["synthetic"] & m["kept"]]
+    assert len(syn) == len(kept) >= 1
+    for _, r in syn.iterrows():
+        src = real.loc[r["path"].replace(r["path"][r["path"].rindex("_pg") : -4], "")]
+        assert (r["pid"], r["camid"], r["split"]) == (src["pid"], src["camid"], "train")
+        with Image.open(out / r["path"]) as im:
+            assert im.size == (176, 256)
+    gen = m[m["synthetic"] & (m["k"] > 0)]
+    assert len(gen) > 0 and not gen["source"].isin(real.index[real["split"] == "query"]).any()
+    assert gen["identity_sim"].notna().any()  # the colour-histogram identity check ran
+    assert (out / "report.html").is_file()

@@ -7,7 +7,8 @@ images' foreground colour histograms (0 = no colour in common, 1 = the same colo
 
 Foreground: studio fashion photos have a plain background; a pixel is background when its RGB
 colour lies within ``background_tol`` (0..255 Euclidean) of the median colour of the image's
-one-pixel border. When less than 5 % of the pixels are foreground, every pixel counts. Colours are
+one-pixel border; the foreground is then eroded by one pixel (edge pixels blend garment and
+background). When less than 5 % of the pixels are foreground, every pixel counts. Colours are
 binned in HSV (``bins`` = hue, saturation, value bins; hue is circular), so a change of lighting
 moves mass along V rather than across hues.
 
@@ -60,7 +61,12 @@ class ColourHistogramEmbedder:
         border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
         bg = np.median(border, axis=0)
         fg = np.linalg.norm(rgb - bg, axis=-1) > self.background_tol
-        return fg if fg.mean() >= 0.05 else np.ones_like(fg)
+        inner = fg.copy()  # erode by one pixel: edge pixels blend garment and background colours
+        inner[1:] &= fg[:-1]
+        inner[:-1] &= fg[1:]
+        inner[:, 1:] &= fg[:, :-1]
+        inner[:, :-1] &= fg[:, 1:]
+        return inner if inner.mean() >= 0.05 else np.ones_like(fg)
 
     def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """``float32 [N, D]`` L2-normalised square roots of the foreground HSV histograms.
