@@ -525,8 +525,11 @@ def evaluate_latent(model_dir, pair_sets: dict, poses, recipe, backend, *, stren
     (the fashion pairs); the others use ``poses`` and the CUHK03 val root."""
     from posegen.metrics import ReidEmbedder
 
+    from posegen.filter import load_embedder
+
     pipe = load_pipeline(model_dir)
-    embedder = ReidEmbedder(OSNET)
+    # the recipe's identity embedder when it names one (deepfashion: the garment colour histogram)
+    embedder = load_embedder(recipe.filter.reid_weights) if recipe.filter.reid_weights else ReidEmbedder(OSNET)
     out = {}
     for name, pairs in pair_sets.items():
         root, set_poses, compare_hw = (data or {}).get(name, (CUHK03_VAL, poses, FRAME))
@@ -552,7 +555,7 @@ def evaluate_latent(model_dir, pair_sets: dict, poses, recipe, backend, *, stren
 
 def main_latent(args) -> None:
     """The latent-model protocol (see the module docstring)."""
-    recipe = load_recipe(args.recipe if args.recipe != "tiny" else "default")
+    recipe = load_recipe(args.recipe if args.recipe != "tiny" else "default")  # a name or a YAML path
     model_dir = None if str(args.model) == "default" else _pipeline_dir(args.model)
     t0 = time.perf_counter()
     with get_backend("blazepose") as be:
