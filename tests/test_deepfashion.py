@@ -335,3 +335,14 @@ def test_augment_keeps_the_release_tree(tmp_path):
     assert len(gen) > 0 and not gen["source"].isin(real.index[real["split"] == "query"]).any()
     assert gen["identity_sim"].notna().any()  # the colour-histogram identity check ran
     assert (out / "report.html").is_file()
+
+
+def test_release_root_with_img_and_eval_folders(tmp_path):
+    touch(tmp_path, *(f"Img/{n}" for n in TREE), "Anno/list_bbox_inshop.txt")
+    (tmp_path / "Eval").mkdir()
+    (tmp_path / "Eval" / "list_eval_partition.txt").write_text(PARTITION)
+    df = load_dataset(tmp_path)
+    assert df.attrs["layout"] == "deepfashion" and len(df) == len(TREE)
+    r = rows(df)
+    assert r["Img/img/WOMEN/Dresses/id_00000002/02_1_front.jpg"] == (2, 0, "query", "id_00000002")
+    assert layout_files(tmp_path, "deepfashion") == ["Eval/list_eval_partition.txt"]

@@ -3,6 +3,7 @@
 **Release tree** (the In-shop download): ``ROOT/img/<MEN|WOMEN>/<Category>/id_<8 digits>/<NN>_<k>_<view>.<ext>``,
 e.g. ``img/MEN/Jackets_Vests/id_00004014/03_4_full.jpg``, with an optional partition file
 ``ROOT/list_eval_partition.txt`` (or ``ROOT/Eval/list_eval_partition.txt``, where the release keeps it).
+The release's own root (``Img/img/...``, ``Eval/list_eval_partition.txt``) is read as well.
 
 **Flat Pose-Transfer naming** (PATN, DPTN, PIDM, CFLD): ``fashion<MEN|WOMEN><Category>id<8 digits><NN>_<k><view>.<ext>``,
 e.g. ``fashionMENJackets_Vestsid0000401403_4full.jpg`` (= the tree file above), either directly in
@@ -134,23 +135,23 @@ def read_partition(path: str | os.PathLike) -> dict[str, str]:
 Row = tuple[str, int, int, str, str]
 
 
-def _parse_tree(root: Path) -> list[Row]:
-    img = root / "img"
+def _parse_tree(root: Path, prefix: str) -> list[Row]:
+    img = root / prefix
     total = 0
     rows: list[tuple[str, int, int, str]] = []  # path, pid, camid, key
     for dirpath, dirs, files in os.walk(img):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        rel_dir = Path(dirpath).relative_to(root)
-        parts = rel_dir.parts  # ("img", gender, category, item) at the right depth
+        parts = Path(dirpath).relative_to(img).parts  # (gender, category, item) at the right depth
         for name in sorted(f for f in files if _is_image(f)):
             total += 1
-            if len(parts) != 4 or parts[1] not in _GENDERS:
+            if len(parts) != 3 or parts[0] not in _GENDERS:
                 continue
-            item, m = _ITEM_DIR.match(parts[3]), _TREE_STEM.match(Path(name).stem)
+            item, m = _ITEM_DIR.match(parts[2]), _TREE_STEM.match(Path(name).stem)
             if item is None or m is None:
                 continue
-            rel = (rel_dir / name).as_posix()
-            rows.append((rel, int(item.group(1)), VIEWS.index(m.group(3)), _tree_key(rel)))
+            rel = (Path(prefix) / Path(*parts) / name).as_posix()
+            key = _tree_key(Path("img", *parts, name).as_posix())  # the partition file's img/... path
+            rows.append((rel, int(item.group(1)), VIEWS.index(m.group(3)), key))
     if total == 0:
         raise NoMatch(f"img/ holds no images (expected {TREE_PATTERN})")
     if len(rows) < _MIN_MATCHING * total:
@@ -193,8 +194,8 @@ def _parse_flat(root: Path) -> list[Row]:
 def parse_deepfashion(root: str | os.PathLike) -> list[Row]:
     """Rows ``(path, pid, camid, split, identity)`` of a deepfashion root (conventions: module docstring).
 
-    ``path`` is POSIX, relative to ``root``. The release tree is read when ``root/img/`` exists,
-    else the flat form.
+    ``path`` is POSIX, relative to ``root``. The release tree is read when ``root/img/`` exists (or
+    ``root/Img/img/``: the release's own root, with ``Eval/list_eval_partition.txt``), else the flat form.
 
     Raises:
         NoMatch: ``root`` follows neither form (the message says what was expected and what was found).
@@ -202,7 +203,9 @@ def parse_deepfashion(root: str | os.PathLike) -> list[Row]:
     """
     root = Path(root)
     if (root / "img").is_dir():
-        return _parse_tree(root)
+        return _parse_tree(root, "img")
+    if (root / "Img" / "img").is_dir():
+        return _parse_tree(root, "Img/img")
     return _parse_flat(root)
 
 
