@@ -34,7 +34,10 @@ import os
 import re
 from pathlib import Path
 
-__all__ = ["VIEWS", "PARTITION_FILE", "TREE_PATTERN", "FLAT_PATTERN", "parse_deepfashion", "partition_file", "flat_to_tree"]
+__all__ = [
+    "VIEWS", "PARTITION_FILE", "TREE_PATTERN", "FLAT_PATTERN", "NoMatch", "PartitionError", "parse_deepfashion",
+    "partition_file", "read_partition", "flat_to_tree", "layout_files",
+]  # fmt: skip
 
 #: The In-shop view vocabulary; camid = index in this tuple.
 VIEWS = ("front", "side", "back", "full", "additional", "flat")
