@@ -316,7 +316,7 @@ def test_augment_keeps_the_release_tree(tmp_path):
     rec = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "deepfashion.yaml")
     out = tmp_path / "out"
     with get_backend("blazepose") as be:
-        m = augment(root, out, recipe=rec, backend=be, k=2, seed=0)
+        m = augment(root, out, recipe=rec, backend=be, k=2, seed=0, reid_weights=Path("colour-histogram"))  # as the CLI passes it
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == before  # DIR untouched
     assert (out / "list_eval_partition.txt").read_text() == (root / "list_eval_partition.txt").read_text()
     df = load_dataset(out)

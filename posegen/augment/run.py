@@ -319,6 +319,7 @@ def augment(
     steps = num_inference_steps or recipe.sample.steps
     sched = scheduler or recipe.sample.scheduler
     reid = reid_weights if reid_weights is not None else recipe.filter.reid_weights
+    reid = None if reid is None else str(reid)
     reid = str(Path(reid).expanduser().resolve()) if reid not in (None, "colour-histogram") else reid
     settings = dict(
         root=str(root), layout=layout, model=str(Path(model).resolve()) if model else None,
