@@ -38,6 +38,14 @@ the real target image has it (``align=False``) and written at the source's size;
 output and real target both resized to 256x128; OKS, PCK, identity and the kept-rate are scored by
 :func:`posegen.filter.filter_batch` with the ``default`` recipe's filter on the output at the source's
 size against the target pose the generator used.
+
+**Fashion pairs** (``--sets fashion``): the 95 DeepFashion In-shop pairs of
+``../shared/data/deepfashion-samples`` (``pairs.csv``: same item, another view; 176x256 photos, w x h),
+with the ground-truth keypoints of ``annotations.csv`` (OpenPose-18, converted to COCO-17) as source
+and target poses, the same baselines and model rows; SSIM / PSNR at the photos' own 256x176 (h x w),
+as the pose-transfer papers report them. Written to ``repose_quality-fashion.{json,md}``::
+
+    .venv/bin/python benchmarks/repose_quality.py default --sets fashion --pairs 95 --strengths 0.4
 """
 
 from __future__ import annotations
@@ -58,6 +66,7 @@ from rich.table import Table
 
 from posegen._io import atomic_write_json, atomic_write_text, stable_seed
 from posegen.data import load_dataset
+from posegen.data.deepfashion import flat_to_tree
 from posegen.data.images import read_image
 from posegen.pose.backends import get_backend
 from posegen.pose.extract import extract_poses, usable_poses
@@ -114,15 +123,15 @@ def load_pairs(manifest: pd.DataFrame, poses: pd.DataFrame) -> pd.DataFrame:
     return pairs
 
 
-def _load_pair_data(obj, backend, embedder, pairs: pd.DataFrame, poses: pd.DataFrame, recipe) -> None:
-    """Set what both scorers share on ``obj``: the pairs' images (``uint8 [H, W, 3]``), keypoints
-    (``float32 [N, 17, 3]``, pixels of each image), sizes (``[N, 2]`` width, height) and the
-    sources' re-ID embeddings."""
+def _load_pair_data(obj, backend, embedder, pairs: pd.DataFrame, poses: pd.DataFrame, recipe, root: Path = CUHK03_VAL) -> None:
+    """Set what both scorers share on ``obj``: the pairs' images (``uint8 [H, W, 3]``, read from
+    ``root``), keypoints (``float32 [N, 17, 3]``, pixels of each image), sizes (``[N, 2]`` width,
+    height) and the sources' re-ID embeddings."""
     obj.backend, obj.embedder, obj.recipe, obj.pairs = backend, embedder, recipe, pairs
     kp = dict(zip(poses["path"], keypoints_array(poses)))
     size = dict(zip(poses["path"], zip(poses["width"], poses["height"])))
-    obj.src_images = [read_image(CUHK03_VAL / p) for p in pairs["source"]]
-    obj.tgt_images = [read_image(CUHK03_VAL / p) for p in pairs["target"]]
+    obj.src_images = [read_image(root / p) for p in pairs["source"]]
+    obj.tgt_images = [read_image(root / p) for p in pairs["target"]]
     obj.src_kp = np.stack([kp[p] for p in pairs["source"]]).astype(np.float32)
     obj.tgt_kp = np.stack([kp[p] for p in pairs["target"]]).astype(np.float32)
     obj.src_size = np.array([size[p] for p in pairs["source"]], dtype=np.float64)
@@ -291,6 +300,8 @@ def main() -> None:
     ap.add_argument("--latent-steps", type=int, default=4, help="latent models: DDIM steps")
     ap.add_argument("--starts", nargs="+", default=["pixel"], choices=["pixel", "latent"], help="latent models: SDEdit start")
     ap.add_argument("--no-baselines", action="store_true", help="latent models: only the model rows")
+    ap.add_argument("--sets", nargs="+", default=["same-view", "cross-view"], choices=["same-view", "cross-view", "fashion"],
+                    help="latent models: pair sets (fashion: the 95 DeepFashion pairs of ../shared/data/deepfashion-samples)")
     ap.add_argument("--modes", nargs="+", default=["repair"], choices=["repair", "whole"],
                     help="latent models: paste the model's output only where the warp invented pixels (repair) or everywhere")
     args = ap.parse_args()
@@ -330,6 +341,32 @@ def main() -> None:
 # --------------------------------------------------------------------------- latent models
 SAME_VIEW_FILE = REPO / "benchmarks" / "quality_pairs_same_view.csv"
 FRAME = (256, 128)
+FASHION = SHARED / "data" / "deepfashion-samples"
+FASHION_HW = (256, 176)
+
+
+def fashion_pairs() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The 95 DeepFashion pairs (``pairs.csv``, same item, another view) as ``source, target, pid``
+    and their ground-truth poses (``annotations.csv``, OpenPose-18 converted to COCO-17 by
+    :func:`posegen.pose.formats.read_poses`, score 1 for every annotated joint), with ``width`` and
+    ``height`` set from the images (the CSV records no size)."""
+    from PIL import Image
+
+    from posegen.pose.formats import read_poses
+
+    if not (FASHION / "pairs.csv").is_file():
+        sys.exit(f"data not found: {FASHION} (the ../shared folder beside the repository)")
+    raw = pd.read_csv(FASHION / "pairs.csv")
+    pairs = pd.DataFrame({"source": raw["from"], "target": raw["to"]})
+    pairs["pid"] = [int(flat_to_tree(n).split("/")[3][3:]) for n in pairs["source"]]
+    poses = read_poses(FASHION / "annotations.csv")
+    sizes = []
+    for p in poses["path"]:
+        with Image.open(FASHION / "images" / p) as im:
+            sizes.append(im.size)
+    poses["width"] = [w for w, _ in sizes]
+    poses["height"] = [h for _, h in sizes]
+    return pairs, poses
 
 
 def make_same_view_pairs(manifest: pd.DataFrame, poses: pd.DataFrame, *, seed: int = 0) -> pd.DataFrame:
@@ -367,11 +404,17 @@ def load_same_view_pairs(manifest: pd.DataFrame, poses: pd.DataFrame) -> pd.Data
 
 
 class FrameScorer:
-    """Scores outputs written at each source's size (see the module docstring, latent models)."""
+    """Scores outputs written at each source's size (see the module docstring, latent models).
 
-    def __init__(self, backend, embedder, pairs: pd.DataFrame, poses: pd.DataFrame, recipe):
-        _load_pair_data(self, backend, embedder, pairs, poses, recipe)
-        self.tgt_frame = np.stack([resize_image(im, FRAME) for im in self.tgt_images])
+    ``compare_hw`` is the ``(h, w)`` at which SSIM / PSNR compare output and real target (256x128
+    for CUHK03; 256x176, the photos' own size, for DeepFashion as the pose-transfer papers do);
+    ``root`` the folder the pairs' paths are relative to."""
+
+    def __init__(self, backend, embedder, pairs: pd.DataFrame, poses: pd.DataFrame, recipe,
+                 root: Path = CUHK03_VAL, compare_hw=None):  # fmt: skip
+        _load_pair_data(self, backend, embedder, pairs, poses, recipe, root)
+        self.compare_hw = tuple(compare_hw or FRAME)
+        self.tgt_frame = np.stack([resize_image(im, self.compare_hw) for im in self.tgt_images])
 
     def score(self, outputs: list[np.ndarray], used_kp: np.ndarray) -> pd.DataFrame:
         """``outputs[i]``: ``uint8 [H_i, W_i, 3]`` at source i's size; ``used_kp``: ``[N, 17, 3]`` the
@@ -379,7 +422,7 @@ class FrameScorer:
         from posegen.filter import filter_batch
         from posegen.metrics import psnr, ssim
 
-        frames = np.stack([resize_image(o, FRAME) for o in outputs])
+        frames = np.stack([resize_image(o, self.compare_hw) for o in outputs])
         fb = filter_batch(
             outputs, self.src_images, self.src_kp, used_kp, self.recipe.filter, self.backend,
             embedder=self.embedder, source_embeddings=self.src_emb, min_score=self.recipe.pose.min_score,
@@ -475,15 +518,22 @@ BASELINES = (
 
 
 def evaluate_latent(model_dir, pair_sets: dict, poses, recipe, backend, *, strengths, steps, batch_size, seed,
-                    starts=("pixel",), repair_modes=(True,), baselines=True) -> dict:
-    """Rows per pair set: the baselines and the model at each strength."""
+                    starts=("pixel",), repair_modes=(True,), baselines=True, data: dict | None = None) -> dict:
+    """Rows per pair set: the baselines and the model at each strength.
+
+    ``data`` maps a pair set's name to ``(root, poses, compare_hw)`` when it is not a CUHK03 val set
+    (the fashion pairs); the others use ``poses`` and the CUHK03 val root."""
     from posegen.metrics import ReidEmbedder
 
+    from posegen.filter import load_embedder
+
     pipe = load_pipeline(model_dir)
-    embedder = ReidEmbedder(OSNET)
+    # the recipe's identity embedder when it names one (deepfashion: the garment colour histogram)
+    embedder = load_embedder(recipe.filter.reid_weights) if recipe.filter.reid_weights else ReidEmbedder(OSNET)
     out = {}
     for name, pairs in pair_sets.items():
-        scorer = FrameScorer(backend, embedder, pairs, poses, recipe)
+        root, set_poses, compare_hw = (data or {}).get(name, (CUHK03_VAL, poses, FRAME))
+        scorer = FrameScorer(backend, embedder, pairs, set_poses, recipe, root, compare_hw)
         rows = []
         for kind, label in BASELINES if baselines else ():
             outs, used = warp_baseline(scorer, kind, pipe.autoencoder)
@@ -497,7 +547,7 @@ def evaluate_latent(model_dir, pair_sets: dict, poses, recipe, backend, *, stren
                     rows.append({"model": f"model, strength {st}, start={start}, {mode}", "steps": steps,
                                  "images_per_s": rate, **summarise(scorer.score(outs, used))})  # fmt: skip
         out[name] = rows
-        Console(width=160).print(render_table(rows, f"{name}: {len(pairs)} CUHK03 val pairs"))
+        Console(width=160).print(render_table(rows, f"{name}: {len(pairs)} pairs"))
     return out
 
 
@@ -505,20 +555,26 @@ def evaluate_latent(model_dir, pair_sets: dict, poses, recipe, backend, *, stren
 
 def main_latent(args) -> None:
     """The latent-model protocol (see the module docstring)."""
-    recipe = load_recipe(args.recipe if args.recipe != "tiny" else "default")
+    recipe = load_recipe(args.recipe if args.recipe != "tiny" else "default")  # a name or a YAML path
     model_dir = None if str(args.model) == "default" else _pipeline_dir(args.model)
     t0 = time.perf_counter()
     with get_backend("blazepose") as be:
-        if not CUHK03_VAL.is_dir():
-            sys.exit(f"data not found: {CUHK03_VAL} (the ../shared folder beside the repository)")
-        manifest, poses = val_poses(be)
-        sets = {
-            "same-view": load_same_view_pairs(manifest, poses).head(args.pairs).reset_index(drop=True),
-            "cross-view": load_pairs(manifest, poses).head(args.pairs).reset_index(drop=True),
-        }
+        sets, data, poses = {}, {}, None
+        if {"same-view", "cross-view"} & set(args.sets):
+            if not CUHK03_VAL.is_dir():
+                sys.exit(f"data not found: {CUHK03_VAL} (the ../shared folder beside the repository)")
+            manifest, poses = val_poses(be)
+            if "same-view" in args.sets:
+                sets["same-view"] = load_same_view_pairs(manifest, poses).head(args.pairs).reset_index(drop=True)
+            if "cross-view" in args.sets:
+                sets["cross-view"] = load_pairs(manifest, poses).head(args.pairs).reset_index(drop=True)
+        if "fashion" in args.sets:
+            fpairs, fposes = fashion_pairs()
+            sets["fashion"] = fpairs.head(args.pairs).reset_index(drop=True)
+            data["fashion"] = (FASHION / "images", fposes, FASHION_HW)
         results = evaluate_latent(model_dir, sets, poses, recipe, be, strengths=args.strengths, steps=args.latent_steps,
                                   batch_size=args.batch_size, seed=args.seed, starts=args.starts,
-                                  baselines=not args.no_baselines,
+                                  baselines=not args.no_baselines, data=data,
                                   repair_modes=[{"repair": True, "whole": False}[m] for m in args.modes])  # fmt: skip
     result = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -530,13 +586,15 @@ def main_latent(args) -> None:
         "rows": results,
         "seconds": time.perf_counter() - t0,
     }
-    suffix = f"-{args.tag}" if args.tag else "-default"
+    suffix = f"-{args.tag}" if args.tag else ("-fashion" if list(sets) == ["fashion"] else "-default")
     RESULTS.mkdir(parents=True, exist_ok=True)
     atomic_write_json(RESULTS / f"repose_quality{suffix}.json", result)
     md = [f"# Re-posing quality of the default model\n\n`{result['command']}` at commit {result['commit']} "
           f"({result['machine']}; {result['seconds'] / 60:.1f} min)\n"]  # fmt: skip
     for name, rows in results.items():
-        md.append(markdown(rows, f"## {name} pairs ({result['pair_sets'][name]}, CUHK03 val)"))
+        what = ("DeepFashion In-shop samples, ground-truth keypoints, SSIM/PSNR at 256x176" if name == "fashion"
+                else "CUHK03 val")  # fmt: skip
+        md.append(markdown(rows, f"## {name} pairs ({result['pair_sets'][name]}, {what})"))
         for r in rows:
             if r["rejected_by_reason"]:
                 md.append(f"- {r['model']}: rejected by reason {r['rejected_by_reason']}")

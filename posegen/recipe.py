@@ -231,7 +231,8 @@ class FilterConfig(_Strict):
     )
     reid_weights: str | None = Field(
         None,
-        description="re-ID embedder (OSNet ONNX file) for the identity checks; None skips them (scores NaN)",
+        description="re-ID embedder (OSNet ONNX file) for the identity checks, or 'colour-histogram' for the "
+        "garment-colour embedder (posegen.filter.garment, fashion); None skips them (scores NaN)",
     )
     # Image-artifact checks (posegen.filter.artifacts, scored at 256x128 against the source).
     # Calibrated by benchmarks/filter_thresholds.py (results in benchmarks/results/filter_thresholds.md)

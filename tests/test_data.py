@@ -235,7 +235,7 @@ def test_root_not_a_folder(tmp_path):
 
 def test_layout_error_is_value_error():
     assert issubclass(LayoutError, ValueError)
-    assert LAYOUTS == ("market1501", "cuhk03", "generic")
+    assert LAYOUTS == ("market1501", "cuhk03", "deepfashion", "generic")
 
 
 @pytest.mark.parametrize(

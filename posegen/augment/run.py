@@ -82,6 +82,7 @@ from ..data import load_dataset
 from ..data.layouts import skipped_images
 from ..data.subsets import subsample_union
 from ..data.images import read_image
+from ..data.layouts import layout_files
 from ..pose.extract import POSE_MAX_SIDE
 from ..filter.identity import IdentityReference, load_embedder
 from ..filter.scores import filter_batch
@@ -533,7 +534,8 @@ def augment(
     steps = num_inference_steps or recipe.sample.steps
     sched = scheduler or recipe.sample.scheduler
     reid = reid_weights if reid_weights is not None else recipe.filter.reid_weights
-    reid = str(Path(reid).expanduser().resolve()) if reid is not None else None
+    reid = None if reid is None else str(reid)
+    reid = str(Path(reid).expanduser().resolve()) if reid not in (None, "colour-histogram") else reid
     settings = dict(
         root=str(root), layout=layout, model=str(Path(model).resolve()) if model else None,
         recipe=recipe.model_dump(mode="json"), backend=backend.name, seed=seed, k=k, limit=limit,
@@ -622,6 +624,8 @@ def augment(
     # --overwrite knows which files posegen wrote. Sharded: each shard its own images, and every
     # shard learns the others' copy failures before choosing targets.
     to_copy = [rel for rel in manifest["path"] if rel not in bad_inputs]
+    # a layout's own files travel too (e.g. deepfashion's list_eval_partition.txt), so OUT reads back
+    to_copy += [rel for rel in layout_files(root, dataset.attrs["layout"]) if rel not in set(to_copy)]
     if idx == 0:
         atomic_to_parquet(pd.DataFrame({"path": pd.Series(to_copy, dtype=str)}), state / "real.parquet")
     own_copies = [rel for rel in to_copy if mine(rel)]

@@ -10,7 +10,8 @@ column        dtype    meaning
 ``camid``     int64    camera, 0-based
 ``split``     str      ``"train"``, ``"query"`` or ``"gallery"``
 ``synthetic`` bool     the file name follows posegen's synthetic naming (see :func:`is_synthetic_name`)
-``identity``  str      the original identity label: the folder name (generic), else ``f"{pid:04d}"``
+``identity``  str      the original identity label: the folder name (generic), ``id_<8 digits>``
+                       (deepfashion), else ``f"{pid:04d}"``
 ============  =======  ==========================================================================
 
 ``df.attrs["root"]`` is the absolute dataset root (str) and ``df.attrs["layout"]`` the layout name.
@@ -28,6 +29,11 @@ Layouts (:data:`LAYOUTS`, tried in this order by :func:`detect_layout`):
   are unique within train and within query + gallery, not across the two (as in the CUHK03 release
   this follows), so ``(split == "train", pid)`` is the identity key. At least 90 % of the image files
   must follow the naming; the others are skipped.
+- ``deepfashion``: DeepFashion In-shop, the release tree
+  ``img/<MEN|WOMEN>/<Category>/id_<8 digits>/<NN>_<k>_<view>.jpg`` (optional ``list_eval_partition.txt``)
+  or the flat Pose-Transfer naming ``fashion<MEN|WOMEN><Category>id<8 digits><NN>_<k><view>.jpg`` (root,
+  or ``train/`` and ``test/``); pid = item number, identity ``id_<8 digits>``, camid = view index
+  (front 0, side 1, back 2, full 3, additional 4, flat 5). Details: :mod:`posegen.data.deepfashion`.
 - ``generic``: one sub-folder per identity (its name is the identity label), images directly inside
   it; pid = index of the folder in sorted order of the names of folders holding images; camid 0;
   split train. Files directly in the root are ignored.
@@ -57,6 +63,7 @@ __all__ = [
     "LayoutError",
     "detect_layout",
     "is_synthetic_name",
+    "layout_files",
     "load_dataset",
     "skipped_images",
 ]
@@ -178,6 +185,28 @@ def _parse_cuhk03(root: Path) -> list[_Row]:
     return rows
 
 
+def _parse_deepfashion(root: Path) -> list[_Row]:
+    from posegen.data import deepfashion
+
+    try:
+        return deepfashion.parse_deepfashion(root)
+    except deepfashion.NoMatch as e:
+        raise _NoMatch(str(e)) from None
+    except deepfashion.PartitionError as e:
+        raise LayoutError(str(e)) from None
+
+
+def layout_files(root: str | os.PathLike, layout: str) -> list[str]:
+    """Non-image files of a ``layout`` dataset at ``root`` that belong to it (POSIX, relative to
+    ``root``): ``augment`` copies them to OUT so that OUT keeps the layout. Only ``deepfashion``
+    has one (its ``list_eval_partition.txt``); [] for the others."""
+    if layout != "deepfashion":
+        return []
+    from posegen.data import deepfashion
+
+    return deepfashion.layout_files(root)
+
+
 def _parse_generic(root: Path) -> list[_Row]:
     identities = [(d, names) for d in _subfolders(root) if (names := _image_names(root / d))]
     if not identities:
@@ -188,6 +217,7 @@ def _parse_generic(root: Path) -> list[_Row]:
 _PARSERS: dict[str, Callable[[Path], list[_Row]]] = {
     "market1501": _parse_market1501,
     "cuhk03": _parse_cuhk03,
+    "deepfashion": _parse_deepfashion,
     "generic": _parse_generic,
 }
 

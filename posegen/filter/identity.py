@@ -20,7 +20,11 @@ __all__ = ["IdentityReference", "load_embedder"]
 
 
 def load_embedder(path: str | os.PathLike | None):
-    """A :class:`posegen.metrics.ReidEmbedder` from a local ONNX file, or None when ``path`` is None.
+    """The identity embedder named by ``path``: a :class:`posegen.metrics.ReidEmbedder` from a
+    local ONNX file; the garment-colour :class:`posegen.filter.garment.ColourHistogramEmbedder`
+    when ``path`` is the string ``"colour-histogram"`` (the ``deepfashion`` recipe's choice: a
+    person re-ID model tells garments apart poorly, see ``benchmarks/results/fashion_identity.md``);
+    None when ``path`` is None.
 
     Raises:
         FileNotFoundError: ``path`` (or its external data file) does not exist; nothing is
@@ -28,6 +32,10 @@ def load_embedder(path: str | os.PathLike | None):
     """
     if path is None:
         return None
+    from .garment import COLOUR_HISTOGRAM, ColourHistogramEmbedder
+
+    if str(path) == COLOUR_HISTOGRAM:
+        return ColourHistogramEmbedder()
     from ..metrics import ReidEmbedder
 
     return ReidEmbedder(Path(path).expanduser())
