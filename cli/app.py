@@ -43,7 +43,7 @@ PoseBackendName = Enum("PoseBackendName", {name: name for name in BACKENDS}, typ
 def extract_poses_cmd(
     data: Path = typer.Argument(..., help="Dataset folder (Market-1501, CUHK03, or one sub-folder per identity)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output file: .parquet (default), .csv (Pose-Transfer) or .json (COCO)."),
-    layout: Optional[str] = typer.Option(None, help="Force a layout: market1501, cuhk03 or generic."),
+    layout: Optional[str] = typer.Option(None, help="Force a layout: market1501, cuhk03, deepfashion or generic."),
     backend: PoseBackendName = typer.Option(
         DEFAULT_BACKEND,
         help="Pose backend: blazepose (BlazePose full, weights bundled with mediapipe) or one that needs --weights "

@@ -106,7 +106,7 @@ def augment_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: the enlarged dataset in DATA's layout."),
     model: Optional[Path] = typer.Option(None, "--model", help="Trained model (train run folder or model folder); default: the model shipped with posegen."),
     recipe: str = typer.Option("default", help="Recipe name (default, tiny, cuhk03) or YAML path: sampler, filter thresholds, K."),
-    layout: Optional[str] = typer.Option(None, help="Force a layout: market1501, cuhk03 or generic."),
+    layout: Optional[str] = typer.Option(None, help="Force a layout: market1501, cuhk03, deepfashion or generic."),
     k: Optional[int] = typer.Option(None, "-k", min=1, help="Target poses per source image (default: recipe)."),
     seed: int = typer.Option(0, help="Run seed (targets and noise derive from it)."),
     limit: Optional[int] = typer.Option(None, min=1, help="Trial run on the first N images (sorted by path)."),
@@ -123,7 +123,7 @@ def augment_cmd(
     backend: str = typer.Option("blazepose", help="Pose backend."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Local weights file of the pose backend (for backends that need one, as in extract-poses)."),
     reid_weights: Optional[Path] = typer.Option(
-        None, "--reid-weights", help="Re-ID embedder ONNX file for the identity checks (default: the recipe's filter.reid_weights)."
+        None, "--reid-weights", help="Re-ID embedder ONNX file for the identity checks, or colour-histogram (garments; the deepfashion recipe) (default: the recipe's filter.reid_weights)."
     ),
     report_rows: int = typer.Option(200, "--report-rows", min=0, help="Most image rows in OUT/report.html."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in OUT."),

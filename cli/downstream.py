@@ -65,7 +65,7 @@ def eval_downstream_cmd(
     data: Path = typer.Option(..., "--data", help="Real dataset folder with train AND query/gallery splits (Market-1501 root, CUHK03 detected/ with train/ and val/)."),
     out: Path = typer.Option(..., "--out", "-o", help="Report folder: results.json, runs.csv, summary.csv, summary.md, cmc.png, logs/."),
     augmented: Optional[Path] = typer.Option(None, "--augmented", help="A posegen augment output folder (its kept synthetic images are the posegen arm; `augment --real-fraction F --subset-seeds S` makes one for a fraction)."),
-    layout: Optional[str] = typer.Option(None, help="Force the layout of --data: market1501, cuhk03 or generic."),
+    layout: Optional[str] = typer.Option(None, help="Force the layout of --data: market1501, cuhk03, deepfashion or generic."),
     model: str = typer.Option("osnet_x0_25", "--model", help="osnet_x0_25 (default start: OSNet x0.25 pretrained on MSMT17, the shared ONNX file), osnet_x1_0 or resnet50 (need --init-weights or --from-scratch)."),
     real_fraction: str = typer.Option("1.0", "--real-fraction", help="Fractions of the real training images to keep, e.g. '0.2,0.4,0.6,0.8' (>= 1 image per identity)."),
     seeds: str = typer.Option("0,1,2", "--seeds", help="Seeds, e.g. '0,1,2' (mean ± std over them)."),
