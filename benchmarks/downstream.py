@@ -43,6 +43,7 @@ def _augment(fraction: float, seeds: list[int], k: int, work: Path) -> tuple[Pat
     from posegen.recipe import load_recipe
 
     out = work / f"augment-f{fraction:g}"
+    # a finished OUT is only resumed (seconds then measure the resume, not the generation)
     t0 = time.perf_counter()
     with get_backend("blazepose") as be:
         manifest = augment(
@@ -83,6 +84,8 @@ def render_index() -> str:
             + (f"; the augment that made the posegen images {rec['augment_seconds'] / 60:.1f} min" if rec.get("augment_seconds") else "")
             + ".  ",
         ]
+        if rec.get("augment_command"):
+            md += [f"Augment: `{rec['augment_command']}` ({rec.get('augment_note', '')}).  "]
         if rec.get("augment"):
             a = rec["augment"]
             md += [
