@@ -7,7 +7,6 @@ beside the repository root; the tests that need them skip when they are absent.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -202,10 +201,10 @@ def test_csv_to_json_keeps_present_joints(market, tmp_path):
 
 
 @needs_market
-def test_read_csv_is_fast():
-    start = time.perf_counter()
-    read_poses(csv_path("test"))
-    assert time.perf_counter() - start < 5.0
+def test_read_csv_reads_the_whole_market_test_annotations():
+    """The 19,732-row Market-1501 test annotations parse (its speed is a benchmark matter, not a test's)."""
+    df = read_poses(csv_path("test"))
+    assert len(df) == 19732 and keypoints_array(df).shape == (19732, 17, 3)
 
 
 def _scored_frame() -> pd.DataFrame:

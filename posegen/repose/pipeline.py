@@ -434,6 +434,8 @@ def load_pipeline(
             return load_latent_pipeline(path, autoencoder=autoencoder, device=device, dtype=dtype)
     try:
         pipe = ReposePipeline.from_pretrained(path)
+    except FileNotFoundError:
+        raise  # a missing file keeps its own error, which names the path
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ValueError(f"cannot load the re-posing model in {path}: {first}") from exc
