@@ -34,6 +34,8 @@ import os
 import re
 from pathlib import Path
 
+from posegen.data.layouts import _image_names  # one listing rule (hidden files, symlinks) for every layout
+
 __all__ = [
     "VIEWS", "PARTITION_FILE", "TREE_PATTERN", "FLAT_PATTERN", "NoMatch", "PartitionError", "parse_deepfashion",
     "partition_file", "read_partition", "flat_to_tree", "layout_files",
@@ -68,13 +70,6 @@ def _is_image(name: str) -> bool:
     from posegen.data.images import is_image_file
 
     return not name.startswith(".") and is_image_file(name)
-
-
-def _images_in(folder: Path) -> list[str]:
-    if not folder.is_dir():
-        return []
-    with os.scandir(folder) as it:
-        return sorted(e.name for e in it if e.is_file() and _is_image(e.name))
 
 
 def flat_to_tree(name: str) -> str | None:
@@ -168,10 +163,10 @@ def _parse_tree(root: Path, prefix: str) -> list[Row]:
 
 
 def _parse_flat(root: Path) -> list[Row]:
-    files = [(f"{sub}/{n}", n, sub) for sub in ("train", "test") for n in _images_in(root / sub)]
+    files = [(f"{sub}/{n}", n, sub) for sub in ("train", "test") for n in _image_names(root / sub)]
     where = "train/ and test/"
     if not files:
-        files = [(n, n, "") for n in _images_in(root)]
+        files = [(n, n, "") for n in _image_names(root)]
         where = "the root"
     if not files:
         raise NoMatch(f"no img/ folder ({TREE_PATTERN}) and no images in the root, train/ or test/ ({FLAT_PATTERN})")
