@@ -25,6 +25,7 @@ Conventions
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -41,7 +42,6 @@ from ..data.subsets import subsample_real
 
 __all__ = [
     "ARMS",
-    "NEEDS_AUGMENTED",
     "LeakError",
     "GeneratorCheck",
     "check_generator_leak",
@@ -61,8 +61,6 @@ __all__ = [
 #: images; plus as many copies of real images (more steps, no new pose); plus as many horizontally
 #: flipped real images (the cheapest augmentation a user would try first).
 ARMS: tuple[str, ...] = ("real", "posegen", "duplicate", "flip")
-#: Arms that need an augment output (``--augmented``).
-NEEDS_AUGMENTED: tuple[str, ...] = ("posegen",)
 
 _TEST_SPLITS = ("query", "gallery")
 
@@ -334,10 +332,7 @@ class GeneratorCheck:
     notes: list
 
     def as_dict(self) -> dict:
-        return dict(
-            verified=self.verified, leaked=self.leaked, image_overlap=self.image_overlap,
-            identity_overlap=self.identity_overlap, training_data=self.training_data, notes=self.notes,
-        )  # fmt: skip
+        return dataclasses.asdict(self)
 
 
 def _resolve_training_folder(folder: str, model_dir: Path | None) -> Path | None:
