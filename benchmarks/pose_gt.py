@@ -13,6 +13,9 @@ crops, 64x128) and ``../shared/data/deepfashion-samples`` (179 photos, 176x256),
   changes this); a joint of an image where no person was found counts as wrong;
 * **PCK@0.1H (score >= 0.5)**: the same, counting only joints predicted with score >= 0.5
   (posegen's confidence threshold);
+* **precision@0.5**: of the annotated joints the backend returns with score >= 0.5 (present for
+  posegen), the share within ``0.1 * H`` of the annotation: how far a present joint can be
+  trusted (MoveNet's scores are calibrated so that its present joints are comparable);
 * **PCKh@0.5**: :func:`posegen.metrics.pck` with ``reference="head"`` (PATN's per-axis PCKh as
   pose-transfer papers compute it), pooled over the annotated joints of the images whose head
   box is defined;
@@ -128,6 +131,7 @@ def score_against_gt(pred: np.ndarray, gt: np.ndarray, pred_score: float = 0.0) 
     close = dist < 0.1 * height[:, None]
     hit = close & (pred[..., 2] > pred_score) & ann
     hit05 = close & (pred[..., 2] >= 0.5) & ann
+    present = (pred[..., 2] >= 0.5) & ann
     per_joint = {COCO17_NAMES[j]: float(hit[:, j].sum() / max(ann[:, j].sum(), 1)) for j in range(17)}
     # PCKh@0.5 pooled over joints: pck() gives the per-image share of the annotated joints
     p = pred.copy()
@@ -142,6 +146,7 @@ def score_against_gt(pred: np.ndarray, gt: np.ndarray, pred_score: float = 0.0) 
     return {
         "pck_0.1H": float(hit.sum() / ann.sum()),
         "pck_0.1H_score0.5": float(hit05.sum() / ann.sum()),
+        "precision_score0.5": float(hit05.sum() / max(present.sum(), 1)),
         "pckh_0.5": float(correct / total) if total else float("nan"),
         "pckh_images": int(sum(1 for i in range(len(gt)) if not np.isnan(pck(p[i], gt[i], alpha=0.5, reference="head")))),
         "per_joint_pck_0.1H": per_joint,
@@ -225,6 +230,7 @@ def main() -> None:
             "pck_0.1H": "annotated joints predicted (score > pred_score) within 0.1*H (Euclidean), pooled over images; "
             "images without a detection count as all wrong",
             "pck_0.1H_score0.5": "the same with predicted score >= 0.5",
+            "precision_score0.5": "of the annotated joints predicted with score >= 0.5, the share within 0.1*H",
             "pckh_0.5": "posegen.metrics.pck(reference='head', alpha=0.5), pooled over the annotated joints of images with a head box",
             "cuhk03": "share of all val crops with >= 12 joints of score >= 0.5 and nose y < both hip y",
             "images_per_s": "estimation only, decoded images, 1 thread, warm-up excluded",
@@ -236,23 +242,26 @@ def main() -> None:
         "# Pose backends against ground truth on small real crops",
         "",
         f"Command: `{command}`  ",
-        f"Commit {record['commit']}; {record['machine']} (one core busy with other work: images/s is noisy).  ",
+        f"Commit {record['commit']}; {record['machine']} (images/s is noisy when the cores are shared).  ",
         "Data: `../shared/data/market1501-samples` (187 crops, 64x128) and `deepfashion-samples` (179, 176x256),",
         "annotations (OpenPose-18 -> COCO-17) from their `annotations.csv`.  ",
         "PCK@0.1H: annotated joints within 0.1 x the person height H (H = vertical extent of the annotated joints),",
         "pooled over images, undetected images count as wrong; a predicted joint counts at score > 0 (`@0.5`: score >= 0.5).",
+        "prec.: of the annotated joints predicted with score >= 0.5 (present for posegen), the share within 0.1 x H.",
+        "`auto` is the default backend (MoveNet Lightning with flip averaging, scores calibrated so that raw 0.3 -> 0.5;",
+        "`movenet:present_score=0.5` = the same with raw scores).",
         "PCKh@0.5: `posegen.metrics.pck(reference='head')`, pooled. images/s: estimation only, 1 thread.",
         "CUHK03: share of the 938 val crops with >= 12 joints (score >= 0.5) and the nose above both hips.",
         "",
-        "| config | Market det. | Market PCK@0.1H | (@0.5) | Market PCKh@0.5 | Fashion det. | Fashion PCK@0.1H | (@0.5) | Fashion PCKh@0.5 | CUHK03 | images/s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| config | Market det. | Market PCK@0.1H | (@0.5) | prec. | Market PCKh@0.5 | Fashion det. | Fashion PCK@0.1H | (@0.5) | prec. | Fashion PCKh@0.5 | CUHK03 | images/s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for label, r in results.items():
         m, f = r["market1501"], r["deepfashion"]
         c = f"{r['cuhk03_val']['ge12_nose_above_hips']:.1%}" if "cuhk03_val" in r else "–"
         md.append(
-            f"| `{label}` | {m['detected']:.1%} | {m['pck_0.1H']:.3f} | {m['pck_0.1H_score0.5']:.3f} | {m['pckh_0.5']:.3f} | "
-            f"{f['detected']:.1%} | {f['pck_0.1H']:.3f} | {f['pck_0.1H_score0.5']:.3f} | {f['pckh_0.5']:.3f} | {c} | {r['images_per_s']:.1f} |"
+            f"| `{label}` | {m['detected']:.1%} | {m['pck_0.1H']:.3f} | {m['pck_0.1H_score0.5']:.3f} | {m['precision_score0.5']:.3f} | {m['pckh_0.5']:.3f} | "
+            f"{f['detected']:.1%} | {f['pck_0.1H']:.3f} | {f['pck_0.1H_score0.5']:.3f} | {f['precision_score0.5']:.3f} | {f['pckh_0.5']:.3f} | {c} | {r['images_per_s']:.1f} |"
         )
     for dname in DATASETS:
         md += ["", f"Per-joint PCK@0.1H, {dname}:", ""]

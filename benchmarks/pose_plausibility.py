@@ -8,8 +8,10 @@
      (128x64 h x w), all rows and only real identities (pid > 0: Market's ``-1`` junk and ``0000``
      distractor boxes are not person-centred). On ground truth every flag by a shape rule is a
      false flag; ``too few joints`` is the existing usable-pose filter (``min_keypoints``);
-   * BlazePose (posegen's default backend) poses of the 938 CUHK03 val crops (cached in
-     ``--poses``; extracted when missing), over the ``ok`` poses.
+   * the poses of the 938 CUHK03 val crops by ``--backend`` (default: posegen's default,
+     ``auto`` = MoveNet when its weights are found; cached in ``--poses``, by default
+     ``runs/plausibility/cuhk03_val_<backend>.parquet``; extracted when missing), over the ``ok``
+     poses.
 
 2. **View matching**: over the CUHK03 val poses that are usable and plausible, each one as a source
    gets ``--k`` targets from other identities with :func:`posegen.augment.targets.choose_targets`,
@@ -19,7 +21,7 @@
 Prints the tables and writes ``benchmarks/results/pose_plausibility.md`` and ``.json`` (with the
 command and commit). Usage::
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/pose_plausibility.py [--poses runs/plausibility/cuhk03_val_blazepose.parquet]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/pose_plausibility.py [--backend auto] [--poses FILE.parquet]
 """
 
 from __future__ import annotations
@@ -69,16 +71,17 @@ def _flag_row(name: str, reasons: list[str], min_keypoints_rule: str = "too few 
     }
 
 
-def _cuhk03_poses(path: Path, console: Console) -> pd.DataFrame:
+def _cuhk03_poses(path: Path | None, backend: str, console: Console) -> pd.DataFrame:
     from posegen.data import load_dataset
     from posegen.pose.backends import get_backend
     from posegen.pose.extract import extract_poses
 
+    be = get_backend(backend)
+    path = path or REPO / "runs" / "plausibility" / f"cuhk03_val_{be.name}.parquet"
     if not path.exists():
-        console.print(f"extracting BlazePose poses of {CUHK03_VAL} into {path} (a few minutes) ...")
+        console.print(f"extracting {be.name} poses of {CUHK03_VAL} into {path} (a few minutes) ...")
     manifest = load_dataset(CUHK03_VAL)
     path.parent.mkdir(parents=True, exist_ok=True)
-    be = get_backend()
     try:
         return extract_poses(manifest, CUHK03_VAL, be, out=path)
     finally:
@@ -92,7 +95,8 @@ def main() -> None:
     from posegen.pose.plausibility import PLAUSIBILITY_REASONS, pose_plausibility
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--poses", type=Path, default=REPO / "runs" / "plausibility" / "cuhk03_val_blazepose.parquet")
+    ap.add_argument("--backend", default="auto", help="pose backend for the CUHK03 val poses (default: posegen's default)")
+    ap.add_argument("--poses", type=Path, default=None, help="pose cache (default runs/plausibility/cuhk03_val_<backend>.parquet)")
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results" / "pose_plausibility")
@@ -110,11 +114,12 @@ def main() -> None:
         _, reasons = pose_plausibility(keypoints_array(df), size, **options)
         rows.append(_flag_row(name, reasons))
 
-    poses = _cuhk03_poses(args.poses, console)
+    poses = _cuhk03_poses(args.poses, args.backend, console)
+    be_name = str(poses["backend"].iloc[0]) if len(poses) else args.backend
     ok = poses[poses["status"] == "ok"].reset_index(drop=True)
     kp = keypoints_array(ok)
     plausible, reasons = pose_plausibility(kp, ok[["width", "height"]].to_numpy())
-    cuhk_row = _flag_row(f"CUHK03 val, BlazePose ({len(ok)} ok of {len(poses)})", reasons)
+    cuhk_row = _flag_row(f"CUHK03 val, {be_name} ({len(ok)} ok of {len(poses)})", reasons)
     rows.append(cuhk_row)
     flagged_paths = {r: ok["path"][[x.startswith(r) for x in reasons]].tolist() for r in PLAUSIBILITY_REASONS}
 
@@ -153,7 +158,7 @@ def main() -> None:
         "flag_rates": rows,
         "cuhk03_flagged_examples": {k: v[:20] for k, v in flagged_paths.items()},
         "view_matching": {
-            "bank": f"{len(bank)} usable (>= 10 joints at score 0.5) and plausible CUHK03 val BlazePose poses",
+            "bank": f"{len(bank)} usable (>= 10 joints at score 0.5) and plausible CUHK03 val {be_name} poses",
             "k": args.k,
             "seed": args.seed,
             "view_tolerance": DEFAULT_VIEW_TOLERANCE,
@@ -208,13 +213,15 @@ def main() -> None:
         "Flagged CUHK03 examples (first few per reason): "
         + "; ".join(f"{k}: {', '.join(v[:6])}" for k, v in flagged_paths.items() if v),
         "",
-        "Inspection (skeletons drawn on the crops, at the commit above): every CUHK03 pose with a span below",
-        "0.3 is a skeleton collapsed onto the hands, a bag or the head (scores ~1.0); spans 0.3-0.5 are",
-        "upper-body skeletons whose legs were not found (or were folded onto the hips) in full-body crops;",
-        "spans 0.5-0.7 are mostly correct full-body poses, hence min_span 0.5 rather than 0.6 (0.6 would",
-        "flag 5.2% of Market test's real-identity ground truth instead of 1.4%). Both `head below hips` flags",
-        "are legs-up/inverted failures. The Market test ground-truth flags are mostly poses annotated without",
-        "knees and ankles; the limb and shoulder rules are safety nets (no flag on BlazePose here).",
+        "Inspection (skeletons drawn on the crops). MoveNet (the default since this commit): 6 of the 8 `collapsed`",
+        "flags looked at are skeletons whose legs were not found (placed at the hips or knees), two behind an occluding",
+        "box or a second person; `limb too long` and two `too few joints` are crops with two people whose",
+        "joints mix. BlazePose (commit 643a430): every pose with a span below 0.3 was a skeleton collapsed onto",
+        "the hands, a bag or the head (scores ~1.0), spans 0.3-0.5 were upper-body skeletons whose legs were",
+        "not found; spans 0.5-0.7 are mostly correct full-body poses, hence min_span 0.5 rather than 0.6 (0.6",
+        "would flag 5.2% of Market test's real-identity ground truth instead of 1.4%). The Market test",
+        "ground-truth flags are mostly poses annotated without knees and ankles; the limb and shoulder rules",
+        "are safety nets.",
         "Facing: camera A of CUHK03 pair 1 is mostly side-on (people crossing), camera B a mix of front and back.",
     ]
     atomic_write_json(args.results.with_suffix(".json"), record)

@@ -3,7 +3,8 @@
 Every model change is judged by this table. Protocol:
 
 - **Data**: ``../shared/data/cuhk03-detected/detected/val`` (100 identities that are not in
-  ``train``). Poses are extracted with BlazePose full once and cached under ``runs/bench-cache``.
+  ``train``). Poses are extracted once with ``--backend`` (default: posegen's default backend,
+  ``auto`` = MoveNet when its weights are found) and cached per backend under ``runs/bench-cache``.
 - **Pairs**: a fixed, seeded list of same-pid *cross-view* pairs (source in view A, target in view
   B and vice versa), both with a usable pose; written once to ``benchmarks/quality_pairs.csv`` and
   read from there afterwards, so every model is measured on the same pairs.
@@ -12,7 +13,7 @@ Every model change is judged by this table. Protocol:
 - **Metrics** (:mod:`posegen.metrics`), output vs the real target image resized to the model's
   resolution: SSIM and PSNR (torchmetrics). Scored as ``augment`` scores what it writes (the output
   resized to the source's size): OKS and PCKh\\@0.5 between the target pose and the pose
-  re-estimated on the output (BlazePose; "no person" counts as OKS 0 and PCK 0), identity cosine
+  re-estimated on the output (the same backend; "no person" counts as OKS 0 and PCK 0), identity cosine
   similarity of the output to the source (OSNet x0.25 MSMT17 ONNX from ``../shared/weights/osnet``),
   and the kept-rate under the recipe's filter (:func:`posegen.filter.filter_batch`).
 - **Baseline**: "output = source image" (the source resized to the model's resolution), scored the
@@ -68,7 +69,7 @@ from posegen._io import atomic_write_json, atomic_write_text, stable_seed
 from posegen.data import load_dataset
 from posegen.data.deepfashion import flat_to_tree
 from posegen.data.images import read_image
-from posegen.pose.backends import get_backend
+from posegen.pose.backends import DEFAULT_BACKEND, get_backend
 from posegen.pose.extract import extract_poses, usable_poses
 from posegen.pose.formats import keypoints_array
 from posegen.pose.keypoints import scale_keypoints
@@ -84,10 +85,10 @@ CACHE = REPO / "runs" / "bench-cache"
 
 
 def val_poses(backend) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The CUHK03 val manifest and its BlazePose poses (cached, resumable)."""
+    """The CUHK03 val manifest and its poses by ``backend`` (cached per backend, resumable)."""
     manifest = load_dataset(CUHK03_VAL)
     CACHE.mkdir(parents=True, exist_ok=True)
-    poses = extract_poses(manifest, CUHK03_VAL, backend, out=CACHE / "cuhk03-val-poses.parquet")
+    poses = extract_poses(manifest, CUHK03_VAL, backend, out=CACHE / f"cuhk03-val-poses-{backend.name}.parquet")
     return manifest, poses
 
 
@@ -304,6 +305,7 @@ def main() -> None:
                     help="latent models: pair sets (fashion: the 95 DeepFashion pairs of ../shared/data/deepfashion-samples)")
     ap.add_argument("--modes", nargs="+", default=["repair"], choices=["repair", "whole"],
                     help="latent models: paste the model's output only where the warp invented pixels (repair) or everywhere")
+    ap.add_argument("--backend", default=DEFAULT_BACKEND, help="pose backend for the pair poses and the scoring (default: posegen's)")
     args = ap.parse_args()
     if str(args.model) == "default" or _is_latent(args.model):
         torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -314,7 +316,7 @@ def main() -> None:
     pipe_dir = _pipeline_dir(args.model)
     resolution = tuple(json.loads((pipe_dir / "unet" / "config.json").read_text())["resolution"])
     t0 = time.perf_counter()
-    with get_backend("blazepose") as be:
+    with get_backend(args.backend) as be:
         scorer = setup(args.pairs, resolution, recipe, be)
         rows = [baseline(scorer)]
         rows += evaluate_model(args.model, scorer, steps=args.steps, batch_size=args.batch_size,
@@ -558,7 +560,7 @@ def main_latent(args) -> None:
     recipe = load_recipe(args.recipe if args.recipe != "tiny" else "default")  # a name or a YAML path
     model_dir = None if str(args.model) == "default" else _pipeline_dir(args.model)
     t0 = time.perf_counter()
-    with get_backend("blazepose") as be:
+    with get_backend(args.backend) as be:
         sets, data, poses = {}, {}, None
         if {"same-view", "cross-view"} & set(args.sets):
             if not CUHK03_VAL.is_dir():

@@ -46,8 +46,9 @@ def extract_poses_cmd(
     layout: Optional[str] = typer.Option(None, help="Force a layout: market1501, cuhk03, deepfashion or generic."),
     backend: PoseBackendName = typer.Option(
         DEFAULT_BACKEND,
-        help="Pose backend: blazepose (BlazePose full, weights bundled with mediapipe) or one that needs --weights "
-        "(movenet is the most accurate per second on small crops: benchmarks/results/pose_gt.md).",
+        help="Pose backend. auto: movenet (MoveNet Lightning, the most accurate per second on small crops, "
+        "benchmarks/results/pose_gt.md) from --weights, $POSEGEN_MOVENET or ../shared/weights/movenet, else blazepose "
+        "(BlazePose full, weights bundled with mediapipe). blazepose-heavy, rtmpose, dwpose and mmpose need --weights.",
     ),
     weights: Optional[str] = typer.Option(None, help="Local weights file for backends that need one."),
     limit: Optional[int] = typer.Option(None, min=1, help="Only the first N images (sorted by path)."),

@@ -14,6 +14,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from posegen.pose.backends import DEFAULT_BACKEND
+
 from .common import clear_errors as _clear_errors
 from .common import console, set_verbosity
 from .common import progress_display as _progress
@@ -120,7 +122,7 @@ def augment_cmd(
     steps: Optional[int] = typer.Option(None, help="Sampling steps (default: recipe)."),
     scheduler: Optional[str] = typer.Option(None, help="Sampler (default: recipe): ddim, dpm++, unipc, euler, ddpm."),
     train_steps: Optional[int] = typer.Option(None, help="Without --model: first train the (pixel-space) recipe's model on DATA for this many steps."),
-    backend: str = typer.Option("blazepose", help="Pose backend."),
+    backend: str = typer.Option(DEFAULT_BACKEND, help="Pose backend, as in extract-poses (auto: MoveNet when its weights are found, else BlazePose full)."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Local weights file of the pose backend (for backends that need one, as in extract-poses)."),
     reid_weights: Optional[Path] = typer.Option(
         None, "--reid-weights", help="Re-ID embedder ONNX file for the identity checks, or colour-histogram (garments; the deepfashion recipe) (default: the recipe's filter.reid_weights)."
@@ -196,7 +198,7 @@ def filter_cmd(
     reid_weights: Optional[Path] = typer.Option(
         None, "--reid-weights", help="Re-ID embedder ONNX file (default: the recipe's, else the run's)."
     ),
-    backend: str = typer.Option("blazepose", help="Pose backend for re-estimating poses (use the run's)."),
+    backend: str = typer.Option(DEFAULT_BACKEND, help="Pose backend for re-estimating poses (use the run's)."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Local weights file of the pose backend (use the run's)."),
     report_rows: int = typer.Option(200, "--report-rows", min=0, help="Most image rows in OUT/report.html."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output (errors and the summary still print)."),

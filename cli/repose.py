@@ -14,6 +14,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from posegen.pose.backends import DEFAULT_BACKEND
+
 from .common import clear_errors as _clear_errors
 from .common import console, set_verbosity
 from .common import fail as _fail
@@ -42,7 +44,7 @@ def repose_cmd(
     scheduler: Optional[str] = typer.Option(None, help="Sampler: ddim, dpm++, unipc, euler, ddpm (default: the model's)."),
     seed: int = typer.Option(0, help="Noise seed (with --pairs, each pair's seed derives from it and the pair)."),
     backend: Optional[str] = typer.Option(
-        None, help="Pose backend: for the source (and an image target) in one-image mode (default blazepose); "
+        None, help="Pose backend: for the source (and an image target) in one-image mode (default auto: MoveNet if its weights are found, else BlazePose); "
         "with --pairs, estimates source poses missing from --poses (default: none, such pairs fail)."
     ),
     pose_guidance: Optional[float] = typer.Option(None, "--pose-guidance", help="Pose guidance scale (default: the model's recipe, else 1.0)."),
@@ -75,7 +77,7 @@ def repose_cmd(
     with _clear_errors():
         info = repose_one(
             model, source, target_pose, out, target_name=target_name, steps=steps, scheduler=scheduler,
-            seed=seed, backend=backend or "blazepose", pose_guidance_scale=pose_guidance,
+            seed=seed, backend=backend or DEFAULT_BACKEND, pose_guidance_scale=pose_guidance,
             appearance_guidance_scale=appearance_guidance, device=device,
         )  # fmt: skip
     console.print(f"wrote {out} ({info['width']}x{info['height']}) from target pose {info['target']}")

@@ -113,12 +113,57 @@ def test_movenet_whole_frame_fallback(movenet):
 
 
 @pytest.mark.parametrize("name,suffix", [("movenet", ".tflite"), ("blazepose-heavy", ".tflite"), ("rtmpose", ".onnx"), ("dwpose", ".onnx"), ("mmpose", ".pth")])
-def test_missing_weights_is_a_clear_error(name, suffix, tmp_path):
+def test_missing_weights_is_a_clear_error(name, suffix, tmp_path, monkeypatch):
     missing = tmp_path / f"nowhere{suffix}"
     with pytest.raises(FileNotFoundError, match="nowhere"):
         get_backend(name, str(missing))
-    with pytest.raises(ValueError, match="--weights"):
-        get_backend(name)  # no path at all: never a download
+    if name == "movenet":  # no path: the default path, named when missing (never a download)
+        monkeypatch.setenv("POSEGEN_MOVENET", str(tmp_path / "default-missing.tflite"))
+        with pytest.raises(FileNotFoundError, match="default-missing.tflite.*--backend blazepose"):
+            get_backend(name)
+    else:
+        with pytest.raises(ValueError, match="--weights"):
+            get_backend(name)  # no path at all: never a download
+
+
+def test_auto_backend_prefers_movenet_and_falls_back_to_blazepose(tmp_path, monkeypatch):
+    """The default ``auto``: MoveNet from $POSEGEN_MOVENET; BlazePose (bundled) with a warning naming
+    the path when that file is missing."""
+    if not _has("ai_edge_litert"):
+        pytest.skip("the movenet backend needs ai-edge-litert (not installed)")
+    monkeypatch.setenv("POSEGEN_MOVENET", str(require(MOVENET)))
+    with get_backend() as be:
+        assert be.name == "movenet-lightning" and be.weights == str(MOVENET)
+    monkeypatch.setenv("POSEGEN_MOVENET", str(tmp_path / "missing.tflite"))
+    with pytest.warns(UserWarning, match="missing.tflite"):
+        be = get_backend("auto")
+    with be:
+        assert be.name == "blazepose-full"
+
+
+def test_movenet_score_calibration():
+    """Raw MoveNet scores map piecewise-linearly: 0 -> 0, present_score -> 0.5, 1 -> 1, increasing."""
+    from posegen.pose.movenet import calibrate_scores
+
+    raw = np.linspace(0, 1, 101, dtype=np.float32)
+    cal = calibrate_scores(raw, 0.3)
+    assert cal[0] == 0 and cal[-1] == pytest.approx(1.0) and cal[30] == pytest.approx(0.5)
+    assert cal[15] == pytest.approx(0.25) and cal[65] == pytest.approx(0.75)
+    assert (np.diff(cal) > 0).all() and cal.dtype == np.float32
+    np.testing.assert_allclose(calibrate_scores(raw, 0.5), raw, atol=1e-6)  # 0.5 keeps the raw scores
+
+
+def test_movenet_scores_are_calibrated_on_real_crops(movenet):
+    """The backend returns calibrated scores: the same crop through present_score=0.5 (raw scores)
+    gives the same joints with scores that map onto the calibrated ones."""
+    from posegen.pose.movenet import calibrate_scores
+
+    image = read_image(require(CUHK03 / "train") / "0017_00.jpg")
+    raw_be = get_backend("movenet", str(MOVENET), present_score=0.5)
+    raw, cal = raw_be.estimate(image), movenet.estimate(image)
+    np.testing.assert_allclose(cal[:, :2], raw[:, :2])
+    np.testing.assert_allclose(cal[:, 2], calibrate_scores(raw[:, 2], movenet.present_score), atol=1e-6)
+    assert (cal[:, 2] >= 0.5).sum() > (raw[:, 2] >= 0.5).sum()
 
 
 def test_importing_backends_stays_light():
@@ -127,7 +172,7 @@ def test_importing_backends_stays_light():
     code = "import sys, posegen.pose.backends; print(sorted(m for m in ('onnxruntime', 'ai_edge_litert', 'mmpose') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
-    assert {"movenet", "rtmpose", "dwpose", "mmpose", "blazepose-heavy"} <= set(BACKENDS)
+    assert {"auto", "movenet", "rtmpose", "dwpose", "mmpose", "blazepose-heavy"} <= set(BACKENDS)
 
 
 # --------------------------------------------------------------------------- RTMPose pre/post

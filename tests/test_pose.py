@@ -75,6 +75,14 @@ def test_extract_resumes(cuhk03_60, cuhk03_train, blazepose):
     extract_poses(manifest, cuhk03_train, Counting(), out=partial)
     assert len(calls) == len(manifest) - 10
     assert len(read_poses(partial)) == len(manifest)
+    # resuming a Parquet pose table with another backend would mix two estimators: refused, untouched
+    class Other(Counting):
+        name = "movenet-lightning"
+
+    before = partial.read_bytes()
+    with pytest.raises(ValueError, match=f"made with {blazepose.name}; this run uses movenet-lightning"):
+        extract_poses(manifest, cuhk03_train, Other(), out=partial)
+    assert partial.read_bytes() == before and len(calls) == len(manifest) - 10
 
 
 def test_bad_images_get_a_reason_and_the_run_goes_on(tmp_path, cuhk03_train, blazepose):

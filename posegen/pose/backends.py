@@ -14,7 +14,8 @@ centre of the top-left pixel is ``(0, 0)``; x right, y down), score in ``[0, 1]`
 does not place inside the image; it raises :class:`NoPersonFound` when it finds nobody and
 ``ValueError`` for an image that is not ``uint8 [H, W, 3]``.
 
-Backends: ``blazepose`` (the default; here, BlazePose full from the models bundled in mediapipe's
+Backends: ``auto`` (the default: ``movenet`` when its weights are found, else ``blazepose``),
+``blazepose`` (BlazePose full from the models bundled in mediapipe's
 wheel, with a detector-free fallback on the crop for the small re-ID crops the detector misses),
 ``blazepose-heavy`` (:mod:`.blazepose_heavy`), ``movenet`` (:mod:`.movenet`), ``rtmpose`` /
 ``dwpose`` (:mod:`.rtmpose`) and ``mmpose`` (:mod:`.mmpose_backend`). The modules of the
@@ -330,14 +331,45 @@ def _lazy(module: str, factory: str) -> Callable[..., PoseBackend]:
     return create
 
 
+def _auto(weights: str | None = None, **options) -> PoseBackend:
+    """The default backend: MoveNet when its weights are found, else BlazePose full.
+
+    With ``weights`` given, MoveNet from that file. Without, MoveNet from
+    :func:`posegen.pose.movenet.default_movenet_weights` (``$POSEGEN_MOVENET`` or
+    ``../shared/weights/movenet/...``) when that file exists; otherwise BlazePose full from the
+    models bundled with mediapipe (a :class:`UserWarning` names the missing path), so that
+    ``posegen extract-poses DIR`` works from the PyPI install alone. The backend used is recorded
+    in every pose row (``backend`` column: ``movenet-lightning`` or ``blazepose-full``).
+    ``options`` go to the backend chosen.
+    """
+    from .movenet import default_movenet_weights
+
+    if weights is None:
+        path = default_movenet_weights()
+        if not path.is_file():
+            import warnings
+
+            warnings.warn(
+                f"MoveNet weights not found at {path} (set POSEGEN_MOVENET or pass --weights): using BlazePose full, "
+                "less accurate on small crops (benchmarks/results/pose_gt.md)",
+                UserWarning,
+                stacklevel=2,
+            )
+            return BlazePoseBackend(**options)
+        weights = str(path)
+    return BACKENDS["movenet"](weights, **options)
+
+
 #: Registered backends: name -> factory ``(weights: str | None, **options) -> PoseBackend``.
-#: ``blazepose`` uses the BlazePose full models bundled in mediapipe's wheel (no weights path; options
-#: of :class:`BlazePoseBackend`); the others
-#: need a local weights path: ``movenet`` (MoveNet SinglePose ``.tflite``, LiteRT),
-#: ``blazepose-heavy`` (``pose_landmark_heavy.tflite``, LiteRT, no detector), ``rtmpose`` and
-#: ``dwpose`` (SimCC top-down ``.onnx``, onnxruntime, extra ``posegen[rtmpose]``), ``mmpose``
-#: (checkpoint + ``config`` option, or a folder with both; extra ``posegen[mmpose]``).
+#: ``auto`` (the default, :func:`_auto`): MoveNet when its weights are found, else BlazePose full.
+#: ``blazepose`` uses the BlazePose full models bundled in mediapipe's wheel (no weights path;
+#: options of :class:`BlazePoseBackend`); ``movenet`` (MoveNet SinglePose ``.tflite``, LiteRT;
+#: default path ``$POSEGEN_MOVENET`` or ``../shared/weights/movenet/...``); the others need a
+#: local weights path: ``blazepose-heavy`` (``pose_landmark_heavy.tflite``, LiteRT, no detector),
+#: ``rtmpose`` and ``dwpose`` (SimCC top-down ``.onnx``, onnxruntime, extra ``posegen[rtmpose]``),
+#: ``mmpose`` (checkpoint + ``config`` option, or a folder with both; extra ``posegen[mmpose]``).
 BACKENDS: dict[str, Callable[..., PoseBackend]] = {
+    "auto": _auto,
     "blazepose": _blazepose(),
     "blazepose-heavy": _lazy("blazepose_heavy", "blazepose_heavy_factory"),
     "movenet": _lazy("movenet", "movenet_factory"),
@@ -346,17 +378,17 @@ BACKENDS: dict[str, Callable[..., PoseBackend]] = {
     "mmpose": _lazy("mmpose_backend", "mmpose_factory"),
 }
 
-#: The default backend. It must run without a weights file (``get_backend()`` and ``posegen
-#: extract-poses DIR`` work from the PyPI install alone), which rules out MoveNet, the most accurate
-#: per second on small crops (``benchmarks/results/pose_gt.md``; pass ``--backend movenet --weights``).
-DEFAULT_BACKEND = "blazepose"
+#: The default backend: MoveNet Lightning (with flip averaging and calibrated scores) when its
+#: weights are found, the most accurate per second on small crops (Market-1501 samples PCK@0.1H
+#: 0.951 vs BlazePose full 0.808, ``benchmarks/results/pose_gt.md``); else BlazePose full.
+DEFAULT_BACKEND = "auto"
 
 
 def get_backend(name: str = DEFAULT_BACKEND, weights: str | None = None, **options) -> PoseBackend:
     """Create a pose backend by name.
 
     Args:
-        name: one of :data:`BACKENDS` (``"blazepose"`` = BlazePose full, ``"blazepose-heavy"``, ``"movenet"``, ``"rtmpose"``, ``"dwpose"``, ``"mmpose"``).
+        name: one of :data:`BACKENDS` (``"auto"`` = MoveNet if its weights are found, else BlazePose full; ``"blazepose"`` = BlazePose full, ``"blazepose-heavy"``, ``"movenet"``, ``"rtmpose"``, ``"dwpose"``, ``"mmpose"``).
         weights: local weights file for backends that need one (``None`` for bundled weights).
         **options: backend-specific options (e.g. ``min_detection_confidence``, ``flip``).
 

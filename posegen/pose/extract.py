@@ -90,9 +90,10 @@ def extract_poses(
         height, keypoints, status, reason, backend, weights``).
 
     Raises:
-        ValueError: ``manifest`` has no ``path`` column, ``out`` has an unsupported extension, or
-            ``out`` is a ``.csv`` (keyed by file name) and two images share a file name (checked
-            before any work).
+        ValueError: ``manifest`` has no ``path`` column, ``out`` has an unsupported extension,
+            ``out`` is a ``.csv`` (keyed by file name) and two images share a file name, or a
+            ``.parquet`` ``out`` holds poses of another backend, which a resume would mix in (all
+            checked before any work).
     """
     if "path" not in manifest.columns:
         raise ValueError("manifest needs a 'path' column")
@@ -114,6 +115,13 @@ def extract_poses(
     if csv_out and len(previous):  # CSV rows hold file names: back to the manifest's paths
         full = {posixpath.basename(p): p for p in paths}
         previous = previous.assign(path=[full.get(n, n) for n in previous["path"].astype(str)])
+    if len(previous) and Path(out).suffix.lower() == ".parquet":  # only Parquet records the backend
+        others = sorted({str(b) for b in previous["backend"].dropna() if str(b) and str(b) != backend.name})
+        if others:
+            raise ValueError(
+                f"{out} holds poses made with {', '.join(others)}; this run uses {backend.name}: resume with the "
+                f"same backend or write to another file"
+            )
     done = set(previous["path"])
     todo = [p for p in paths if p not in done]
     total, n_done = len(paths), len(paths) - len(todo)

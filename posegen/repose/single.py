@@ -11,7 +11,7 @@ from PIL import Image
 
 from .._io import atomic_save_image
 from ..data.images import read_image
-from ..pose.backends import get_backend
+from ..pose.backends import DEFAULT_BACKEND, get_backend
 from ..pose.formats import read_poses
 
 __all__ = ["repose_one", "KEYPOINT_SUFFIXES"]
@@ -48,7 +48,7 @@ def repose_one(
     steps: int | None = None,
     scheduler: str | None = None,
     seed: int = 0,
-    backend: str = "blazepose",
+    backend: str = DEFAULT_BACKEND,
     pose_guidance_scale: float | None = None,
     appearance_guidance_scale: float | None = None,
     device: str = "cpu",
@@ -68,7 +68,8 @@ def repose_one(
         scheduler: sampler name (see :data:`posegen.repose.SCHEDULERS`); None keeps the model's
             saved sampler (its recipe's ``sample.scheduler``).
         seed: noise seed.
-        backend: pose backend used for the source (and for a target given as an image).
+        backend: pose backend name used for the source (and for a target given as an image); default
+            ``"auto"`` (:data:`~posegen.pose.backends.DEFAULT_BACKEND`).
         pose_guidance_scale, appearance_guidance_scale: guidance scales passed to the pipeline
             when not None (default: the model recipe's ``sample.pose_guidance`` /
             ``sample.appearance_guidance`` when the recipe has them, else the pipeline's own).
