@@ -135,6 +135,35 @@ def test_fill_masked_removes_the_person():
     assert float((filled - person)[0, :, mask[0, 0] < 1e-3].abs().amax()) < 2e-3  # the rest untouched
 
 
+def test_warp_never_pastes_black_where_the_body_leaves_the_source_frame():
+    """A real pair from the README main job (CUHK03 train 0004_07 re-posed to the pose of 0009_05,
+    placed on the source person): the target's head sits higher than the source's, so the warp
+    samples above the source frame there. The bare warp's zero padding pasted a black dome (seen in
+    kept outputs); the composite shows the filled background instead, and the repair mask marks
+    those pixels for the model."""
+    from posegen.data.images import read_image
+    from posegen.pose.backends import get_backend
+    from posegen.pose.keypoints import scale_keypoints
+    from posegen.repose.latent import FRAME_HW, WARP_KWARGS, warp_inputs
+    from posegen.repose.warp import warp
+
+    root = require(CUHK03 / "train")
+    src, tim = read_image(root / "0004_07.jpg"), read_image(root / "0009_05.jpg")
+    with get_backend() as be:
+        s_px, t_px = be.estimate(src), be.estimate(tim)
+    t_px = align_pose(scale_keypoints(t_px, (tim.shape[1], tim.shape[0]), (src.shape[1], src.shape[0])), s_px)
+    box = letterbox_params((src.shape[1], src.shape[0]), FRAME_HW)
+    x = torch.from_numpy(box.image_to_frame(src)).permute(2, 0, 1)[None].float() / 255
+    skp, tkp = to_frame_keypoints(s_px, box)[None], to_frame_keypoints(t_px, box)[None]
+    out, repair = warp_inputs(x, skp, tkp, return_repair=True)
+    grid, weight = limb_flow(torch.as_tensor(skp), torch.as_tensor(tkp), FRAME_HW, **WARP_KWARGS)
+    outside = (grid[0].abs().amax(-1) > 1.02) & (weight[0, 0] > 0.5)  # opaque body pixels sampled off the frame
+    assert outside.sum() > 50, int(outside.sum())
+    assert float((warp(x, grid)[0].amax(0) < 0.03)[outside].float().mean()) > 0.9  # the bare warp: black
+    assert float((out[0].amax(0) < 0.03)[outside].float().mean()) < 0.01
+    assert float(repair[0, 0][outside].mean()) > 0.5
+
+
 # --------------------------------------------------------------------------- training
 def _tiny_data(n=6):
     rng = np.random.default_rng(0)

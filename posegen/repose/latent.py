@@ -38,7 +38,7 @@ from diffusers import UNet2DModel
 
 from ..latent.taef2 import LATENT_CHANNELS, LATENT_SCALE
 from .render import POSE_CHANNELS, render_poses_tensor
-from .warp import body_mask, composite, fill_masked, limb_flow
+from .warp import body_mask, composite, fill_masked, limb_flow, warp
 
 __all__ = [
     "FRAME_HW",
@@ -149,8 +149,14 @@ def warp_inputs(source_images: torch.Tensor, source_kp, target_kp, min_score: fl
         source_images: ``float [B, 3, 256, 128]`` letterboxed sources in ``0..1``.
         source_kp, target_kp: ``float [B, 17, 3]`` COCO-17 in :data:`FRAME_HW` pixels.
         return_repair: also return the repair mask ``float32 [B, 1, 256, 128]`` in ``[0, 1]``: where
-            the source's moved parts were filled in and the warped body does not cover them (the
-            only pixels the warp had to invent), slightly dilated.
+            the source's moved parts were filled in and the warped body does not cover them, and
+            where the body would sample outside the source frame (the only pixels the warp had to
+            invent), slightly dilated.
+
+    Body pixels whose source location lies outside the frame (a target head higher or feet lower
+    than the source's) have no source pixel: the warp's zero padding would paste black there, so
+    the body is made transparent in proportion (``warp`` of a ones image: the share of in-frame
+    bilinear taps) and the filled background shows, marked for repair.
 
     Returns:
         The composite, or ``(composite, repair_mask)``.
@@ -162,12 +168,14 @@ def warp_inputs(source_images: torch.Tensor, source_kp, target_kp, min_score: fl
     dev = source_images.device
     fill = _source_mask(source_kp, target_kp, _POSE_HW, min_score).to(dev)
     background = fill_masked(source_images, fill)
-    body = _opaque(weight.to(dev))
+    wanted = _opaque(weight.to(dev))
+    inside = warp(torch.ones_like(source_images[:, :1]), grid.to(dev))  # share of in-frame taps
+    body = wanted * inside
     out = composite(source_images, grid.to(dev), body, background)
     if not return_repair:
         return out
     fill = F.interpolate(fill, size=FRAME_HW, mode="bilinear", align_corners=False)
-    repair = (fill * (1.0 - body)).clamp(0.0, 1.0)
+    repair = (fill * (1.0 - body) + wanted * (1.0 - inside)).clamp(0.0, 1.0)
     repair = F.max_pool2d(repair, 5, stride=1, padding=2)  # a seam band around the region
     return out, F.avg_pool2d(repair, 5, stride=1, padding=2, count_include_pad=False)
 
