@@ -5,9 +5,10 @@ this module imports no command module, so imports go one way: ``app -> commands 
 
 Progress goes to stderr. On a terminal it is a Rich progress display (bars with count, rate and
 ETA); when stderr is not a terminal (CI, ``nohup``, a cluster job's log file) it is plain log lines,
-``<stage> <done>/<total> <pct>% <rate>/s ETA <h:mm:ss>``, printed at most every
-:data:`LOG_EVERY_S` seconds or every :data:`LOG_EVERY_FRACTION` of the stage, and when a stage
-finishes. ``--quiet`` prints no progress (errors and the final summary still print); ``--verbose``
+``<stage> <done>/<total> <pct>% <rate>/s ETA <h:mm:ss>``, printed every :data:`LOG_EVERY_S`
+seconds or every :data:`LOG_EVERY_FRACTION` of the stage (but not more often than every
+:data:`LOG_MIN_GAP_S` seconds, so a one-second stage prints its start and end only), and when a
+stage finishes. ``--quiet`` prints no progress (errors and the final summary still print); ``--verbose``
 also shows native library log lines and full tracebacks of errors.
 """
 
@@ -41,8 +42,10 @@ console = Console(stderr=True)
 
 #: Plain progress lines: at most one per stage every this many seconds ...
 LOG_EVERY_S = 10.0
-#: ... or whenever the stage advanced by this fraction of its total.
+#: ... or whenever the stage advanced by this fraction of its total ...
 LOG_EVERY_FRACTION = 0.05
+#: ... but never two periodic lines of a stage closer than this many seconds.
+LOG_MIN_GAP_S = 2.0
 
 #: Units of the progress stages (for rates).
 UNITS = {"poses": "img", "train": "step", "copy": "img", "generate": "img", "repose": "img", "encode": "img"}
@@ -94,19 +97,21 @@ def plain_progress(
     *,
     every_s: float = LOG_EVERY_S,
     every_fraction: float = LOG_EVERY_FRACTION,
+    min_gap_s: float = LOG_MIN_GAP_S,
     clock: Callable[[], float] = time.monotonic,
 ) -> Callable[[str, int, int], None]:
     """A progress callback ``update(stage, done, total)`` that writes plain log lines.
 
     A line ``"<stage> <done>/<total> <pct>% <rate> <unit>/s ETA <h:mm:ss>"`` is written for a
-    stage's first update, when it finishes (``done == total``), and otherwise at most once per
-    ``every_s`` seconds or per ``every_fraction`` of ``total`` done. The rate counts items done
+    stage's first update, when it finishes (``done == total``), and otherwise once per ``every_s``
+    seconds or per ``every_fraction`` of ``total`` done, never two within ``min_gap_s`` seconds. The rate counts items done
     since the stage's first update (items resumed from a previous run do not inflate it).
 
     Args:
         write: receives each line (without a newline).
         every_s: seconds between two periodic lines of a stage.
         every_fraction: fraction of the total between two periodic lines of a stage.
+        min_gap_s: the least seconds between two periodic lines of a stage.
         clock: time source in seconds (injectable for tests).
     """
     stages: dict[str, dict] = {}
@@ -120,7 +125,8 @@ def plain_progress(
         if st["last_t"] is not None:
             if finished and st["finished"]:
                 return
-            due = now - st["last_t"] >= every_s or (total > 0 and (done - st["last_n"]) >= every_fraction * total)
+            gap = now - st["last_t"]
+            due = gap >= every_s or (gap >= min_gap_s and total > 0 and (done - st["last_n"]) >= every_fraction * total)
             if not (due or finished):
                 return
         st.update(last_t=now, last_n=done, finished=finished)

@@ -248,3 +248,25 @@ def test_real_fraction_augments_the_subset_eval_downstream_trains_on(cuhk03_trai
     with pytest.raises(ValueError, match="real-fraction"):
         augment(cuhk03_train, tmp_path / "bad", recipe=load_recipe("tiny"), backend=blazepose, model=model, real_fraction=1.5)
     assert not (tmp_path / "bad").exists()
+
+
+def test_summary_groups_rejections_by_kind():
+    """Per-image values stay in the manifest; the counts table groups reasons by kind."""
+    from posegen.filter.scores import reason_kind
+
+    reasons = [
+        "implausible source pose: collapsed: joints span 0.42 of the image height (< 0.5)",
+        "implausible source pose: collapsed: joints span 0.31 of the image height (< 0.5)",
+        "source pose has 7 keypoints (< 10)",
+        "source pose has 9 keypoints (< 10)",
+        "low pose fidelity (OKS < 0.5)",
+        "",
+    ]
+    m = pd.DataFrame({c: [None] * len(reasons) for c in MANIFEST_COLUMNS})
+    m = m.assign(synthetic=True, k=1, kept=[r == "" for r in reasons], reason=reasons, oks=0.6, identity_sim=0.9)
+    s = summarize(m)
+    assert s["rejected_by_reason"] == {
+        "implausible source pose: collapsed": 2, "source pose has < 10 keypoints": 2, "low pose fidelity (OKS < 0.5)": 1,
+    }  # fmt: skip
+    assert s["kept"] == 1 and s["rejected"] == 5
+    assert reason_kind("near-copy of source (SSIM >= 0.7)") == "near-copy of source (SSIM >= 0.7)"

@@ -421,6 +421,13 @@ def test_plain_progress_lines():
     assert lines[-1].startswith("poses 1000/1000 100% 10.00 img/s done in 0:01:40")
     assert 15 <= len(lines) <= 25  # every 5 % (50 items = 5 s), not every item
     assert "ETA 0:01:30" in lines[2]  # 100/1000 done at 10/s
+    # a fast stage (1000 items in 1 s): its start and end, not a line per 5 %
+    fast: list[str] = []
+    update = plain_progress(fast.append, every_s=10, every_fraction=0.05, clock=lambda: t[0])
+    for i in range(0, 1001):
+        t[0] = i * 0.001
+        update("copy", i, 1000)
+    assert len(fast) == 2 and fast[-1].startswith("copy 1000/1000 100%")
 
 
 def test_progress_without_terminal_prints_log_lines_and_quiet_prints_none(small_data, tmp_path):

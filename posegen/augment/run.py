@@ -85,7 +85,7 @@ from ..data.images import read_image
 from ..data.layouts import layout_files
 from ..pose.extract import POSE_MAX_SIDE
 from ..filter.identity import IdentityReference, load_embedder
-from ..filter.scores import filter_batch
+from ..filter.scores import filter_batch, reason_kind
 from ..pose.backends import PoseBackend
 from ..pose.extract import extract_poses, usable_poses
 from ..pose.formats import new_poses_frame, read_poses, write_poses
@@ -954,8 +954,8 @@ def summarize(manifest: pd.DataFrame) -> dict:
         ``rejected_inputs`` the real input images that could not be used (unreadable, missing,
         too small: reason ``"rejected: ..."``); ``generated`` counts rows with a target, ``k > 0``,
         including those rejected before generation; ``kept``/``rejected`` count synthetic rows;
-        sources skipped for an unusable pose count as rejected with their reason; means are NaN
-        when undefined).
+        sources skipped for an unusable pose count as rejected with their reason; reasons are
+        grouped by :func:`reason_kind`; means are NaN when undefined).
     """
     syn = manifest[manifest["synthetic"]]
     real = manifest[~manifest["synthetic"]]
@@ -975,7 +975,7 @@ def summarize(manifest: pd.DataFrame) -> dict:
         "generated": int(len(gen)),
         "kept": int(len(kept)),
         "rejected": int(len(rejected)),
-        "rejected_by_reason": {str(r): int(n) for r, n in rejected["reason"].value_counts().items()},
+        "rejected_by_reason": {str(r): int(n) for r, n in rejected["reason"].map(reason_kind).value_counts().items()},
         "mean_oks_kept": mean("oks"),
         "mean_identity_kept": mean("identity_sim"),
     }

@@ -59,6 +59,8 @@ of pairs.
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -72,6 +74,7 @@ from ..pose.keypoints import empty_keypoints, scale_keypoints
 from ..repose.render import resize_image
 
 __all__ = [
+    "reason_kind",
     "oks",
     "FilterScores",
     "score_output",
@@ -400,3 +403,22 @@ def score_output(
         hole_fraction=float(r["hole_fraction"]), seam_fraction=float(r["seam_fraction"]),
         sharpness_ratio=float(r["sharpness_ratio"]), prior_energy=float(r["prior_energy"]),
     )  # fmt: skip
+
+
+_SOURCE_KEYPOINTS = re.compile(r"^source pose has \d+ keypoints \(< (\d+)\)$")
+
+
+def reason_kind(reason: str) -> str:
+    """The kind of a rejection reason, without its per-image values, for tables of counts.
+
+    ``"implausible source pose: collapsed: joints span 0.42 of the image height (< 0.5)"`` ->
+    ``"implausible source pose: collapsed"``; ``"source pose has 7 keypoints (< 10)"`` ->
+    ``"source pose has < 10 keypoints"``; the filter's reasons (``"low pose fidelity (OKS < 0.5)"``)
+    carry only thresholds and stay as they are. The manifest keeps the full reason.
+    """
+    r = str(reason)
+    prefix = "implausible source pose: "
+    if r.startswith(prefix):
+        return prefix + r[len(prefix):].split(":", 1)[0]
+    m = _SOURCE_KEYPOINTS.match(r)
+    return f"source pose has < {m.group(1)} keypoints" if m else r

@@ -19,6 +19,7 @@ from PIL import Image
 
 from .._io import atomic_save_image, atomic_write_text, stable_seed
 from ..data.images import read_image
+from ..filter.scores import reason_kind
 from ..pose.formats import read_poses
 from ..pose.keypoints import scale_keypoints
 from .plots import plot_scores
@@ -246,7 +247,7 @@ def write_report(
     bad_inputs = real_all[~real_all["kept"].astype(bool)].sort_values("path")
     n_kept = int(syn_all["kept"].astype(bool).sum())
     n_rej_total = int((~syn_all["kept"].astype(bool)).sum())
-    reasons = syn_all.loc[~syn_all["kept"].astype(bool), "reason"].value_counts()
+    reasons = syn_all.loc[~syn_all["kept"].astype(bool), "reason"].map(reason_kind).value_counts()
     f = recipe.filter
     thresholds = [
         ("OKS(target, re-estimated) ≥", f.min_oks), ("pixel std ≥", f.min_std),

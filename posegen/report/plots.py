@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .._io import atomic_write
+from ..filter.scores import reason_kind
 
 __all__ = ["plot_scores", "SCORE_PANELS"]
 
@@ -72,7 +73,7 @@ def plot_scores(
         if ok.any() or thr is not None:
             ax.legend(fontsize=8)
     ax = axes[len(SCORE_PANELS)]
-    reasons = syn.loc[~kept, "reason"].value_counts()
+    reasons = syn.loc[~kept, "reason"].map(reason_kind).value_counts()
     if len(reasons):
         labels = [r if len(r) <= 48 else r[:45] + "..." for r in reasons.index]
         ax.barh(range(len(reasons)), reasons.to_numpy(), color="#c62828")
