@@ -21,7 +21,7 @@ from posegen.pose.backends import BACKENDS, DEFAULT_BACKEND
 
 from .augment import augment_cmd, filter_cmd
 from .common import clear_errors as _clear_errors
-from .common import console, set_verbosity
+from .common import console, pose_backend, set_verbosity
 from .common import progress_display as _progress
 from .downstream import eval_downstream_cmd
 from .repose import repose_cmd
@@ -61,7 +61,6 @@ def extract_poses_cmd(
     """Estimate COCO-17 keypoints for every image of DATA (resumable: a re-run skips done images)."""
     from posegen.data import load_dataset
     from posegen.data.layouts import skipped_images
-    from posegen.pose.backends import get_backend
     from posegen.pose.extract import extract_poses, pose_summary
 
     set_verbosity(quiet, verbose)
@@ -81,7 +80,7 @@ def extract_poses_cmd(
         if shard is not None:
             manifest = _shard_rows(manifest, shard)
         t0 = time.perf_counter()
-        with get_backend(backend, weights) as be, _progress() as update:
+        with pose_backend(backend, weights) as be, _progress() as update:
             poses = extract_poses(manifest, data, be, out=out, progress=lambda d, t: update("poses", d, t))
         dt = time.perf_counter() - t0
     s = pose_summary(poses)

@@ -17,7 +17,7 @@ from rich.table import Table
 from posegen.pose.backends import DEFAULT_BACKEND
 
 from .common import clear_errors as _clear_errors
-from .common import console, set_verbosity
+from .common import console, pose_backend, set_verbosity
 from .common import progress_display as _progress
 
 __all__ = ["augment_cmd", "filter_cmd", "counts_table"]
@@ -140,7 +140,6 @@ def augment_cmd(
     shard of the images (stable hash of the path) and the main process merges the shards into OUT.
     """
     from posegen.augment import augment, summarize
-    from posegen.pose.backends import get_backend
     from posegen.recipe import load_recipe
 
     from .downstream import parse_ints
@@ -165,7 +164,7 @@ def augment_cmd(
             return cb
 
         shard, barrier, shard_device = _distributed()
-        with get_backend(backend, weights) as be, _progress() as update:
+        with pose_backend(backend, weights) as be, _progress() as update:
             manifest = augment(
                 data, out, recipe=rec, backend=be, model=model, layout=layout, seed=seed, k=k,
                 limit=limit, real_fraction=real_fraction, subset_seeds=sub_seeds, splits=tuple(split), num_inference_steps=steps, scheduler=scheduler,
@@ -212,7 +211,6 @@ def filter_cmd(
 
     from posegen.augment import summarize
     from posegen.filter import refilter
-    from posegen.pose.backends import get_backend
     from posegen.recipe import Recipe, load_recipe
 
     set_verbosity(quiet, verbose)
@@ -225,7 +223,7 @@ def filter_cmd(
         rec = load_recipe(recipe) if recipe else Recipe.model_validate(json.loads(run_json.read_text())["recipe"])
         run_reid = json.loads(run_json.read_text()).get("reid_weights")
         _warn_no_reid(console, rec, reid_weights or run_reid)
-        with get_backend(backend, weights) as be, _progress() as update:
+        with pose_backend(backend, weights) as be, _progress() as update:
             manifest = refilter(
                 out, recipe=rec, backend=be, reid_weights=reid_weights, report_rows=report_rows,
                 progress=update,

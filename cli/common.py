@@ -211,3 +211,19 @@ def clear_errors():
         if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) and e.strerror:
             msg = f"{e.strerror}: {e.filename}" if e.filename else e.strerror
         fail(" ".join(msg.split()) if "\n" not in msg.strip() else msg.strip())
+
+
+def pose_backend(name: str, weights: str | None = None, **options):
+    """Create the pose backend ``name`` (see :func:`posegen.pose.backends.get_backend`), printing
+    its warnings (e.g. ``auto`` falling back to BlazePose when the MoveNet file is missing) as one
+    ``note:`` line each instead of Python's warning format. Errors propagate unchanged."""
+    import warnings
+
+    from posegen.pose.backends import get_backend
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        backend = get_backend(name, weights, **options)
+    for w in caught:
+        console.print(f"[yellow]note:[/yellow] {w.message}", highlight=False)
+    return backend

@@ -17,7 +17,7 @@ from rich.table import Table
 from posegen.pose.backends import DEFAULT_BACKEND
 
 from .common import clear_errors as _clear_errors
-from .common import console, set_verbosity
+from .common import console, pose_backend, set_verbosity
 from .common import fail as _fail
 from .common import progress_display as _progress
 
@@ -87,7 +87,6 @@ def _repose_pairs(model, pairs, poses, images, out, batch_size, limit, steps, sc
                   pose_guidance, appearance_guidance, device) -> None:  # fmt: skip
     from contextlib import nullcontext
 
-    from posegen.pose.backends import get_backend
     from posegen.repose import load_pipeline
     from posegen.repose.batch import MANIFEST_NAME, model_sample_config, repose_pairs, resolve_model_dir
 
@@ -96,7 +95,7 @@ def _repose_pairs(model, pairs, poses, images, out, batch_size, limit, steps, sc
         sample = model_sample_config(model_dir)
         pipe = load_pipeline(model_dir, scheduler=scheduler, device=device)
         t0 = time.perf_counter()
-        with (get_backend(backend) if backend else nullcontext()) as be, _progress() as update:
+        with (pose_backend(backend) if backend else nullcontext()) as be, _progress() as update:
             manifest = repose_pairs(
                 pairs, poses, images, out, pipe=pipe,
                 steps=steps or (sample.steps if sample else 20),

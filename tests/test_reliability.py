@@ -21,11 +21,12 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import CUHK03, REPO, require
+from conftest import CUHK03, REPO, SHARED, require
 from PIL import Image
 from typer.testing import CliRunner
 
 from posegen.augment import augment, summarize
+from posegen.pose.formats import read_poses
 from posegen.augment.run import STATE_DIR, _check_model, _prepare_out, written_files
 from posegen.data import ImageReadError, load_dataset, read_image, read_image_fit
 from posegen.recipe import load_recipe
@@ -437,6 +438,23 @@ def test_progress_without_terminal_prints_log_lines_and_quiet_prints_none(small_
     res = _run_cli(["extract-poses", str(small_data), "--out", str(tmp_path / "q.parquet"), "--quiet"])
     assert res.returncode == 0 and "poses 2/2" not in res.stderr
     assert "Feedback manager" not in res.stderr  # native log noise stays hidden
+
+
+def test_default_backend_fallback_is_a_note_and_a_mixed_resume_a_clear_error(small_data, tmp_path):
+    """``auto`` without the MoveNet file: one ``note:`` naming the path, BlazePose runs. Resuming that
+    pose table with MoveNet: a one-line error, the file untouched."""
+    out = tmp_path / "p.parquet"
+    res = _run_cli(["extract-poses", str(small_data), "--out", str(out)], env={"POSEGEN_MOVENET": str(tmp_path / "gone.tflite")})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "note: MoveNet weights not found at" in res.stderr and "gone.tflite" in res.stderr
+    assert "UserWarning" not in res.stderr
+    assert set(read_poses(out)["backend"]) == {"blazepose-full"}
+    before = out.read_bytes()
+    movenet = SHARED / "weights" / "movenet" / "lite-model_movenet_singlepose_lightning_tflite_int8_4.tflite"
+    res = _run_cli(["extract-poses", str(small_data), "--out", str(out), "--backend", "movenet", "--weights", str(require(movenet))])
+    assert res.returncode != 0
+    assert "holds poses made with blazepose-full; this run uses movenet-lightning" in res.stderr
+    assert "Traceback" not in res.stderr and out.read_bytes() == before
 
 
 # --------------------------------------------------------------------------- CLI structure
