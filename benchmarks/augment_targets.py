@@ -61,7 +61,7 @@ def main() -> None:
     base = load_recipe("default")
     rows = []
     t_all = time.perf_counter()
-    with get_backend("blazepose") as be:
+    with get_backend() as be:  # posegen's default backend, as augment uses it
         for name in args.variants:
             rec = base.model_copy(update={"augment": base.augment.model_copy(update=VARIANTS[name])})
             out = REPO / "runs" / "augment-targets" / name.replace(" ", "-")

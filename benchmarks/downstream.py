@@ -45,7 +45,7 @@ def _augment(fraction: float, seeds: list[int], k: int, work: Path) -> tuple[Pat
     out = work / f"augment-f{fraction:g}"
     # a finished OUT is only resumed (seconds then measure the resume, not the generation)
     t0 = time.perf_counter()
-    with get_backend("blazepose") as be:
+    with get_backend() as be:  # posegen's default backend, as augment uses it
         manifest = augment(
             CUHK03 / "train", out, recipe=load_recipe("default"), backend=be, seed=seeds[0], k=k,
             real_fraction=fraction, subset_seeds=tuple(seeds), reid_weights=OSNET, resume=out.exists(),

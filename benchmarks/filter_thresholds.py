@@ -144,8 +144,8 @@ def _artifact_poses(step: int):
     manifest = load_dataset(TRAIN)
     manifest = manifest[manifest["pid"] % step == 0].reset_index(drop=True)
     rq.CACHE.mkdir(parents=True, exist_ok=True)
-    with get_backend("blazepose") as be:  # posegen's default pose backend (BlazePose full)
-        poses = extract_poses(manifest, TRAIN, be, out=rq.CACHE / f"cuhk03-train-poses-pidstep{step}.parquet")
+    with get_backend() as be:  # posegen's default pose backend (results before 7ee55a1: BlazePose full)
+        poses = extract_poses(manifest, TRAIN, be, out=rq.CACHE / f"cuhk03-train-poses-pidstep{step}-{be.name}.parquet")
     poses = poses[poses["status"] == "ok"].reset_index(drop=True)
     kp = keypoints_array(poses)
     ok = (kp[:, :, 2] >= 0.5).sum(1) >= 10
