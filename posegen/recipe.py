@@ -259,6 +259,14 @@ class FilterConfig(_Strict):
         description="fine detail per unit of edge energy on the body relative to the source's, below which "
         "the output is smeared (about the 1st percentile of real same-person images)",
     )
+    max_foreign_fraction: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="share of the target's body whose limb warp copies another body part of the source "
+        "(ghost limbs; predicted from the two poses, posegen.filter.artifacts), above which the output is rejected; "
+        "None = off",
+    )
 
 
 class AugmentConfig(_Strict):

@@ -90,6 +90,46 @@ def test_artifact_checks_order_and_switches():
     assert df.loc[0, "reason"] == "target pose empty" and math.isnan(df.loc[0, "sharpness_ratio"])
 
 
+def _side_walker(arm_over_torso: bool) -> np.ndarray:
+    """A 64x128 side-view pose; the near arm hangs across the torso, or swings forward away from it."""
+    kp = standing_pose()
+    kp[5, :2] = kp[6, :2] = (32, 26)  # side view: shoulders together
+    kp[11, :2] = kp[12, :2] = (32, 58)
+    kp[[1, 3], 2] = 0  # one eye and ear hidden
+    if arm_over_torso:
+        kp[7, :2], kp[9, :2] = (33, 40), (33, 58)
+        kp[8, :2], kp[10, :2] = (31, 40), (31, 58)
+    else:
+        kp[7, :2], kp[9, :2] = (40, 38), (48, 48)  # swung forward
+        kp[8, :2], kp[10, :2] = (24, 38), (18, 48)  # swung back
+    for j, (x, y) in {13: (36, 80), 15: (38, 102), 14: (28, 80), 16: (26, 102)}.items():
+        kp[j, :2] = (x, y)
+    return kp
+
+
+def test_foreign_fraction_flags_a_warp_that_copies_an_arm_onto_the_torso():
+    """Source: arms hanging across the torso (side view). Target: arms swung away. The warp fills the
+    target's torso partly from source pixels that are the arm: a ghost arm. The reverse pair, and
+    the pose onto itself, copy nothing foreign."""
+    from posegen.filter.artifacts import foreign_fraction
+    from posegen.pose.keypoints import scale_keypoints
+
+    over, away = (scale_keypoints(_side_walker(a), (64, 128), (128, 256)) for a in (True, False))
+    ghost = foreign_fraction(over, away)
+    assert ghost > 0.045, ghost  # measured 0.050
+    assert foreign_fraction(over, over) == 0.0 and foreign_fraction(away, away) == 0.0
+    assert foreign_fraction(away, over) < ghost
+    # the filter check: switched on by max_foreign_fraction, after the smear check, before the pose checks
+    source, output = _person(0), _person(1)
+    on, off = FilterConfig(max_foreign_fraction=0.04), FilterConfig()
+    kp_over, kp_away = _side_walker(True), _side_walker(False)
+    df = filter_batch([output], [source], kp_over[None], kp_away[None], on, _FixedPose(None))
+    assert df.loc[0, "reason"] == "copied body parts (foreign-part fraction > 0.04)", df.loc[0, "reason"]
+    assert df.loc[0, "foreign_fraction"] > 0.04
+    df = filter_batch([output], [source], kp_over[None], kp_away[None], off, _FixedPose(None))
+    assert df.loc[0, "reason"] == "no person found in output" and df.loc[0, "foreign_fraction"] > 0.04
+
+
 def test_old_recipes_stay_valid():
     cfg = FilterConfig.model_validate({"min_oks": 0.4, "min_std": 0.01})
     assert cfg.max_hole_fraction is not None and cfg.min_sharpness_ratio is not None and cfg.max_seam_fraction is None

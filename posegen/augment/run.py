@@ -38,7 +38,8 @@ Output conventions
   ``identity_sim_others`` (mean cosine to the pid's other real train images of DIR),
   ``source_ssim`` (SSIM to the source at the model's resolution), ``source_pose_oks``
   (OKS(source pose, target pose) at the model's resolution), ``hole_fraction``,
-  ``seam_fraction``, ``sharpness_ratio`` (image-artifact scores, :mod:`posegen.filter.artifacts`),
+  ``seam_fraction``, ``sharpness_ratio``, ``foreign_fraction`` (image-artifact scores,
+  :mod:`posegen.filter.artifacts`),
   ``prior_energy`` (the target pose's prior energy) — NaN when not computed (real images, identity checks without re-ID weights),
   then ``kept``, ``reason``, ``width``, ``height`` (pixels of the written image).
   A real input image that cannot be used (corrupt, empty, not an image, too small, a dangling
@@ -116,14 +117,14 @@ _TMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
 MANIFEST_COLUMNS = [
     "path", "pid", "camid", "split", "synthetic", "source", "k", "target_pose_source", "seed",
     "oks", "pck", "std", "n_keypoints", "identity_sim", "identity_sim_others", "source_ssim",
-    "source_pose_oks", "hole_fraction", "seam_fraction", "sharpness_ratio", "prior_energy", "kept", "reason",
-    "width", "height",
+    "source_pose_oks", "hole_fraction", "seam_fraction", "sharpness_ratio", "foreign_fraction", "prior_energy",
+    "kept", "reason", "width", "height",
 ]  # fmt: skip
 
 #: Score columns of the manifest (NaN when not computed).
 SCORE_COLUMNS = [
     "oks", "pck", "std", "identity_sim", "identity_sim_others", "source_ssim", "source_pose_oks",
-    "hole_fraction", "seam_fraction", "sharpness_ratio", "prior_energy",
+    "hole_fraction", "seam_fraction", "sharpness_ratio", "foreign_fraction", "prior_energy",
 ]  # fmt: skip
 
 #: Note recorded in run.json (and printed by the CLI) when the identity checks are skipped.

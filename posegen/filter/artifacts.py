@@ -38,6 +38,15 @@ Scores (:func:`artifact_scores`):
     fine-detail share of the output's body divided by the source's: fine detail is
     ``mean |L - gauss_1px(L)|`` over ``mean |grad L|`` (high-frequency energy per unit of edge
     energy, independent of contrast); ``< 1`` = less fine detail than the source (a smear).
+``foreign_fraction``
+    predicted from the two poses alone, no pixels: the share of the target's body (the limb warp's
+    weight > 0.5, :data:`posegen.repose.warp.CONSTRAINED_WARP`) whose warp samples a source pixel
+    that clearly belongs to *another* body part (:func:`posegen.repose.warp.foreign_part_mask`): a
+    torso pixel copying the arm that lay across it in the source, a leg copying the other leg.
+    Such pixels have no true source pixel, and the outputs show a ghost limb or a smear there.
+    Looked at on the 348 kept outputs of the README main job (commit 6af7beb): of the 20 with the
+    highest fraction (>= 0.06) nearly all show a ghost limb or a smeared limb or bag; of 20 at
+    0.000 nearly none.
 
 The thresholds (:class:`posegen.recipe.FilterConfig` ``max_hole_fraction``, ``max_seam_fraction``,
 ``min_sharpness_ratio``) come from ``benchmarks/filter_thresholds.py``
@@ -61,13 +70,14 @@ __all__ = [
     "person_box",
     "hole_map",
     "artifact_scores",
+    "foreign_fraction",
     "luminance",
 ]
 
 #: Working frame ``(h, w)`` in which the artifact scores are computed.
 WORK_HW = (256, 128)
 #: Columns (score names) of :func:`artifact_scores`.
-ARTIFACT_COLUMNS = ("hole_fraction", "seam_fraction", "sharpness_ratio")
+ARTIFACT_COLUMNS = ("hole_fraction", "seam_fraction", "sharpness_ratio", "foreign_fraction")
 #: A pixel whose every channel (0..255) is at most this is near-black.
 BLACK_LEVEL = 16
 #: A 5x5 window whose luminance range (0..255) is at most this is flat.
@@ -185,9 +195,9 @@ def artifact_scores(
         hw: working frame ``(h, w)``.
 
     Returns:
-        ``{"hole_fraction", "seam_fraction", "sharpness_ratio"}`` (floats); all NaN when either
-        pose has fewer than 2 present joints (no person region), a ratio NaN when the source has
-        no detail.
+        ``{"hole_fraction", "seam_fraction", "sharpness_ratio", "foreign_fraction"}`` (floats); all
+        NaN when either pose has fewer than 2 present joints (no person region), a ratio NaN when
+        the source has no detail.
     """
     res = {k: float("nan") for k in ARTIFACT_COLUMNS}
     out, src = np.asarray(output, dtype=np.uint8), np.asarray(source, dtype=np.uint8)
@@ -212,4 +222,31 @@ def artifact_scores(
         res["sharpness_ratio"] = float(fo[m_out].mean() / go[m_out].mean() / den)
     elif den > 0:
         res["sharpness_ratio"] = 0.0
+    res["foreign_fraction"] = foreign_fraction(s_kp, t_kp, hw, min_score=min_score)
     return res
+
+
+def foreign_fraction(source_keypoints: np.ndarray, target_keypoints: np.ndarray, hw: tuple[int, int] = WORK_HW, *, min_score: float = 0.5) -> float:
+    """Share of the target body whose limb warp copies another body part (module docstring).
+
+    Args:
+        source_keypoints, target_keypoints: ``float [17, 3]`` COCO-17 poses, both in pixels of the
+            ``hw`` frame ``(h, w)``.
+        hw: the frame.
+        min_score: joint presence threshold.
+
+    Returns:
+        A share in ``[0, 1]``; NaN when the target pose has no body (no warp weight > 0.5).
+    """
+    import torch
+
+    from ..repose.warp import CONSTRAINED_WARP, foreign_part_mask, limb_flow
+
+    sk = torch.as_tensor(np.asarray(source_keypoints, np.float32).reshape(1, 17, 3))
+    tk = torch.as_tensor(np.asarray(target_keypoints, np.float32).reshape(1, 17, 3))
+    grid, weight = limb_flow(sk, tk, hw, min_score=min_score, **CONSTRAINED_WARP)
+    body = weight[0, 0] > 0.5
+    if not bool(body.any()):
+        return float("nan")
+    foreign = foreign_part_mask(sk, tk, grid, hw, min_score=min_score)[0, 0]
+    return float(foreign[body].mean())

@@ -38,7 +38,7 @@ from diffusers import UNet2DModel
 
 from ..latent.taef2 import LATENT_CHANNELS, LATENT_SCALE
 from .render import POSE_CHANNELS, render_poses_tensor
-from .warp import body_mask, composite, fill_masked, limb_flow, warp
+from .warp import CONSTRAINED_WARP, body_mask, composite, fill_masked, limb_flow, warp
 
 __all__ = [
     "FRAME_HW",
@@ -59,7 +59,7 @@ LATENT_HW = (FRAME_HW[0] // LATENT_SCALE, FRAME_HW[1] // LATENT_SCALE)
 #: target pose maps (17 joint heatmaps + 19 limb maps), warp weight.
 COND_CHANNELS = 2 * LATENT_CHANNELS + POSE_CHANNELS + 1
 #: The warp's settings (measured in ``benchmarks/repose_quality.py``; see the module docstring).
-WARP_KWARGS = dict(max_part_scale=1.25, scale_mode="clamp", torso_max_anisotropy=1.5, view_robust=True)
+WARP_KWARGS = CONSTRAINED_WARP
 _BODY_GAIN = 2.0
 # pose maps are rendered at twice the latent resolution and average-pooled (smooth, no aliasing)
 _POSE_HW = (2 * LATENT_HW[0], 2 * LATENT_HW[1])

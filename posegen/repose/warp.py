@@ -75,7 +75,14 @@ __all__ = [
     "align_pose",
     "body_mask",
     "fill_masked",
+    "foreign_part_mask",
+    "CONSTRAINED_WARP",
 ]
+
+#: :func:`limb_flow` options of posegen's default model (bounded part transforms that keep the body
+#: intact): part scales clamped to [1/1.25, 1.25], a similarity torso on a reflection or a stretch
+#: beyond 1.5, torso and head fitted on their axes.
+CONSTRAINED_WARP = dict(max_part_scale=1.25, scale_mode="clamp", torso_max_anisotropy=1.5, view_robust=True)
 
 #: Limb bones as ``(name, (joint a, joint b))`` in COCO-17 indices.
 BONES: tuple[tuple[str, tuple[int, int]], ...] = (
@@ -379,6 +386,88 @@ def _hull_distance(X, Y, pts, mask):
     return d.sqrt()
 
 
+def _part_distances(K: torch.Tensor, shared: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """Pixel distances ``float32 [B, P, h, w]`` from every pixel centre of an ``hw`` frame to each
+    part of :data:`PARTS` (bone segments; torso and head convex hulls, 0 inside) of the extended
+    18-point set ``K`` ``[B, 18, 2]`` (``inf`` for a part none of whose points are in ``shared``)."""
+    h, w = int(hw[0]), int(hw[1])
+    Kf = K.float()
+    dev = K.device
+    ys = torch.arange(h, device=dev, dtype=torch.float32)[:, None]
+    xs = torch.arange(w, device=dev, dtype=torch.float32)[None, :]
+    ia = torch.tensor([a for _, (a, _) in BONES], device=dev)
+    ib = torch.tensor([b for _, (_, b) in BONES], device=dev)
+    d_bone = _segment_sqdist(xs, ys, Kf[:, ia], Kf[:, ib]).sqrt()
+    d_bone = torch.where((shared[:, ia] & shared[:, ib])[..., None, None], d_bone, torch.full_like(d_bone, float("inf")))
+    ti, hi_ = list(_TORSO), list(_HEAD)
+    d_torso = _hull_distance(xs, ys, Kf[:, ti], shared[:, ti])
+    d_head = _hull_distance(xs, ys, Kf[:, hi_], shared[:, hi_])
+    return torch.cat([d_bone, d_torso[:, None], d_head[:, None]], 1)
+
+
+#: Part groups of :func:`foreign_part_mask`: joint neighbours (upper arm and forearm, thigh and
+#: shin) are one group, so pixels at an elbow or a knee never count as foreign.
+_PART_GROUP = (0, 1, 0, 1, 2, 3, 2, 3, 4, 5)  # left arm, right arm, left leg, right leg, torso, head
+
+
+def _owner(d: torch.Tensor, s: torch.Tensor, margin: float) -> torch.Tensor:
+    """``long [B, h, w]``: the part group that clearly owns each pixel, -1 for none.
+
+    A pixel belongs to the group with the smallest biased distance ``d + bias * s`` (limbs win over
+    the torso within ``_TORSO_BIAS * s``, as in :func:`limb_flow`) when it lies within one of that
+    group's part radii and every other group is at least ``margin * s`` farther away."""
+    bias = torch.zeros(len(PARTS), device=d.device)
+    bias[len(BONES)] = _TORSO_BIAS
+    radius = torch.tensor(_BONE_RADIUS + (_TORSO_RADIUS, _HEAD_RADIUS), device=d.device)
+    sb = s.reshape(-1, 1, 1, 1)
+    db = d + bias[None, :, None, None] * sb
+    group = torch.tensor(_PART_GROUP, device=d.device)
+    groups = range(int(group.max()) + 1)
+    dg = torch.stack([db[:, group == g].amin(1) for g in groups], 1)  # [B, G, h, w]
+    within = torch.stack([(d[:, group == g] <= radius[group == g][None, :, None, None] * sb).any(1) for g in groups], 1)
+    two = torch.topk(dg, 2, dim=1, largest=False)
+    best, second = two.values[:, 0], two.values[:, 1]
+    own = two.indices[:, 0]
+    clear = torch.gather(within, 1, own[:, None])[:, 0] & (second - best >= margin * sb[:, 0])
+    return torch.where(clear & torch.isfinite(best), own, torch.full_like(own, -1))
+
+
+@torch.no_grad()
+def foreign_part_mask(source_kp, target_kp, grid: torch.Tensor, out_hw, *, min_score: float = 0.5, margin: float = 0.03) -> torch.Tensor:
+    """Where the warp copies another body part: ``float32 [B, 1, h, w]`` in ``{0, 1}``.
+
+    A target pixel that clearly belongs to one part group of the target pose (left arm, right arm,
+    left leg, right leg, torso, head; see :func:`_owner`) but samples, through ``grid``, a source
+    pixel that clearly belongs to *another* group of the source pose copies that part's texture:
+    a ghost arm on the torso where the source's arm lay across it, a second leg where the legs
+    crossed. Such pixels have no true source pixel (the part behind was occluded in the source).
+
+    Args:
+        source_kp, target_kp: ``float [B, 17, 3]`` COCO-17 in pixels of the ``out_hw`` frame.
+        grid: ``float [B, h, w, 2]`` from :func:`limb_flow` (same frame).
+        out_hw: ``(h, w)``.
+        min_score: joint presence threshold.
+        margin: how much nearer (fraction of the person scale) the owning group must be than any
+            other, so that boundary pixels between parts never count.
+
+    Returns:
+        ``float32 [B, 1, h, w]``, 1 where the sampled source pixel belongs to another part group.
+    """
+    src = _as_kp_tensor(source_kp)
+    tgt = _as_kp_tensor(target_kp, src.device)
+    h, w = int(out_hw[0]), int(out_hw[1])
+    ps, pt = _present(src, min_score), _present(tgt, min_score)
+    S, ps = _extend_with_neck(torch.nan_to_num(src[..., :2].double()), ps)
+    T, pt = _extend_with_neck(torch.nan_to_num(tgt[..., :2].double()), pt)
+    shared = ps & pt
+    own_t = _owner(_part_distances(T, shared, (h, w)), person_scale(tgt, (h, w), min_score=min_score), margin)
+    own_s = _owner(_part_distances(S, shared, (h, w)), person_scale(src, (h, w), min_score=min_score), margin)
+    g = grid.to(device=src.device, dtype=torch.float32)
+    sampled = F.grid_sample(own_s[:, None].float(), g, mode="nearest", padding_mode="border", align_corners=False)[:, 0].long()
+    foreign = (own_t >= 0) & (sampled >= 0) & (own_t != sampled)
+    return foreign[:, None].float()
+
+
 # --------------------------------------------------------------------------- the flow
 @torch.no_grad()
 def limb_flow(
@@ -516,13 +605,9 @@ def limb_flow(
     ok = torch.cat([ok_b, ok_t[:, None], ok_h[:, None]], 1)  # [B, P]
 
     # ---- distances in the target frame (float32), [B, P, h, w]
-    Tf = T.float()
+    d = _part_distances(T, shared, (h, w))
     ys = torch.arange(h, device=dev, dtype=torch.float32)[:, None]
     xs = torch.arange(w, device=dev, dtype=torch.float32)[None, :]
-    d_bone = _segment_sqdist(xs, ys, Tf[:, bone_idx[:, 0]], Tf[:, bone_idx[:, 1]]).sqrt()
-    d_torso = _hull_distance(xs, ys, Tf[:, ti], shared[:, ti])
-    d_head = _hull_distance(xs, ys, Tf[:, hi_], shared[:, hi_])
-    d = torch.cat([d_bone, d_torso[:, None], d_head[:, None]], 1)
 
     s = person_scale(tgt, (h, w), min_score=min_score).to(dev)[:, None, None, None]  # [B,1,1,1]
     tau = softness * s
