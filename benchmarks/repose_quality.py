@@ -448,8 +448,8 @@ def warp_baseline(scorer: FrameScorer, kind: str, autoencoder=None) -> tuple[lis
     """Outputs of a warp baseline (a kind of :data:`BASELINES`) at the sources' sizes, and the
     target pose used (source pixels); ``autoencoder`` (TAEF2) for ``encoded-warp`` / ``latent-warp``."""
     from posegen.latent import from_frame_keypoints, letterbox_params, to_frame_keypoints
-    from posegen.repose.latent import FRAME_HW, WARP_KWARGS, latent_conditions, warp_inputs
-    from posegen.repose.warp import composite, limb_flow, warp
+    from posegen.repose.latent import FRAME_HW, latent_conditions, warp_inputs
+    from posegen.repose.warp import CONSTRAINED_WARP, composite, limb_flow, warp
 
     outs, used = [], []
     for im, sk, tk, ts in zip(scorer.src_images, scorer.src_kp, scorer.tgt_kp, scorer.tgt_size):
@@ -470,7 +470,7 @@ def warp_baseline(scorer: FrameScorer, kind: str, autoencoder=None) -> tuple[lis
             grid, wt = limb_flow(skp, tkp, FRAME_HW, max_part_scale=1.25)
             y = composite(x, grid, wt)
         elif kind == "constrained-source":
-            grid, wt = limb_flow(skp, tkp, FRAME_HW, **WARP_KWARGS)
+            grid, wt = limb_flow(skp, tkp, FRAME_HW, **CONSTRAINED_WARP)
             y = composite(x, grid, wt)
         elif kind == "constrained-fill":
             y = warp_inputs(x, skp, tkp)

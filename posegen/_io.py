@@ -23,7 +23,28 @@ __all__ = [
     "atomic_save_image",
     "stable_seed",
     "shard_of",
+    "shared_path",
 ]
+
+
+def shared_path(relative: str, env_var: str) -> Path:
+    """Where a user-supplied weights file or folder is looked for when no path is given.
+
+    ``$<env_var>`` when set (``~`` expanded); else ``../shared/<relative>`` beside the repository
+    holding this package (a source checkout), or beside the current directory (an install run from
+    the repository root): the first of the two that exists, else the first. The path is returned
+    whether or not it exists; loaders raise ``FileNotFoundError`` naming it (nothing is downloaded).
+
+    Args:
+        relative: path below ``shared/``, e.g. ``"weights/taef2"``.
+        env_var: environment variable that overrides the lookup, e.g. ``"POSEGEN_TAEF2_DIR"``.
+    """
+    env = os.environ.get(env_var)
+    if env:
+        return Path(env).expanduser()
+    repo = Path(__file__).resolve().parents[1]
+    candidates = [base.parent / "shared" / relative for base in (repo, Path.cwd().resolve())]
+    return next((c for c in candidates if c.exists()), candidates[0])
 
 
 def atomic_write(path: str | os.PathLike, writer: Callable[[Path], None]) -> Path:

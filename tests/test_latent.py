@@ -144,8 +144,8 @@ def test_warp_never_pastes_black_where_the_body_leaves_the_source_frame():
     from posegen.data.images import read_image
     from posegen.pose.backends import get_backend
     from posegen.pose.keypoints import scale_keypoints
-    from posegen.repose.latent import FRAME_HW, WARP_KWARGS, warp_inputs
-    from posegen.repose.warp import warp
+    from posegen.repose.latent import FRAME_HW, warp_inputs
+    from posegen.repose.warp import CONSTRAINED_WARP, warp
 
     root = require(CUHK03 / "train")
     src, tim = read_image(root / "0004_07.jpg"), read_image(root / "0009_05.jpg")
@@ -156,7 +156,7 @@ def test_warp_never_pastes_black_where_the_body_leaves_the_source_frame():
     x = torch.from_numpy(box.image_to_frame(src)).permute(2, 0, 1)[None].float() / 255
     skp, tkp = to_frame_keypoints(s_px, box)[None], to_frame_keypoints(t_px, box)[None]
     out, repair = warp_inputs(x, skp, tkp, return_repair=True)
-    grid, weight = limb_flow(torch.as_tensor(skp), torch.as_tensor(tkp), FRAME_HW, **WARP_KWARGS)
+    grid, weight = limb_flow(torch.as_tensor(skp), torch.as_tensor(tkp), FRAME_HW, **CONSTRAINED_WARP)
     outside = (grid[0].abs().amax(-1) > 1.02) & (weight[0, 0] > 0.5)  # opaque body pixels sampled off the frame
     assert outside.sum() > 50, int(outside.sum())
     assert float((warp(x, grid)[0].amax(0) < 0.03)[outside].float().mean()) > 0.9  # the bare warp: black

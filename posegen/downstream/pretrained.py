@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._io import shared_path
+
 __all__ = [
     "DEFAULT_OSNET_ONNX",
     "default_osnet_onnx",
@@ -49,21 +51,10 @@ ONNX_ARCH = "osnet_x0_25"
 
 
 def default_osnet_onnx() -> Path:
-    """Where the pretrained OSNet x0.25 (MSMT17) ONNX file is looked for.
-
-    ``$POSEGEN_OSNET_ONNX`` when set; else ``../shared/weights/osnet/osnet_x0_25_msmt17.onnx``
-    beside the repository holding this package, else beside the current directory. The path is
-    returned whether or not it exists (callers raise ``FileNotFoundError`` naming it).
-    """
-    env = os.environ.get("POSEGEN_OSNET_ONNX")
-    if env:
-        return Path(env).expanduser()
-    repo = Path(__file__).resolve().parents[2]
-    for base in (repo, Path.cwd()):
-        cand = base.parent / "shared" / DEFAULT_OSNET_ONNX
-        if cand.is_file():
-            return cand
-    return repo.parent / "shared" / DEFAULT_OSNET_ONNX
+    """Where the pretrained OSNet x0.25 (MSMT17) ONNX file is looked for: ``$POSEGEN_OSNET_ONNX``,
+    else ``../shared/`` + :data:`DEFAULT_OSNET_ONNX` (:func:`posegen._io.shared_path`; returned
+    whether or not it exists, callers raise ``FileNotFoundError`` naming it)."""
+    return shared_path(DEFAULT_OSNET_ONNX, "POSEGEN_OSNET_ONNX")
 
 
 def _onnx_initializers(path: Path) -> dict[str, np.ndarray]:

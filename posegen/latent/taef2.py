@@ -32,6 +32,8 @@ import torch.nn as nn
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
+from .._io import shared_path
+
 __all__ = ["TAEF2", "load_taef2", "default_taef2_dir", "LATENT_CHANNELS", "LATENT_SCALE"]
 
 #: Channels of a TAEF2 latent.
@@ -136,18 +138,9 @@ class TAEF2(ModelMixin, ConfigMixin):
 
 
 def default_taef2_dir() -> Path:
-    """Where the TAEF2 ``.pth`` files are looked for when no path is given.
-
-    ``$POSEGEN_TAEF2_DIR`` when set; else ``../shared/weights/taef2`` beside the repository that
-    holds this package (a source checkout), or else beside the current directory (a non-editable
-    install run from the repository root); the first of these two that exists, else the first.
-    """
-    env = os.environ.get("POSEGEN_TAEF2_DIR")
-    if env:
-        return Path(env).expanduser()
-    rel = Path("shared") / "weights" / "taef2"
-    candidates = [Path(__file__).resolve().parents[3] / rel, Path.cwd().resolve().parent / rel]
-    return next((c for c in candidates if c.is_dir()), candidates[0])
+    """Where the TAEF2 ``.pth`` files are looked for when no path is given:
+    ``$POSEGEN_TAEF2_DIR``, else ``../shared/weights/taef2`` (:func:`posegen._io.shared_path`)."""
+    return shared_path("weights/taef2", "POSEGEN_TAEF2_DIR")
 
 
 def _load_sequential(module: nn.Sequential, path: Path) -> None:

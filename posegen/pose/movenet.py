@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .._io import shared_path
 from .backends import NoPersonFound, PoseBackend, flip_average
 from .keypoints import NUM_KEYPOINTS, clip_to_image
 from .native_logs import quiet_native_logs
@@ -55,19 +56,10 @@ DEFAULT_MOVENET_FILE = "movenet/lite-model_movenet_singlepose_lightning_tflite_i
 
 
 def default_movenet_weights() -> Path:
-    """Where the MoveNet ``.tflite`` file is looked for when no weights path is given.
-
-    ``$POSEGEN_MOVENET`` when set; else ``../shared/weights/movenet/lite-model_movenet_singlepose_
-    lightning_tflite_int8_4.tflite`` beside the repository holding this package, else beside the
-    current directory. The path is returned whether or not it exists (loading raises
-    ``FileNotFoundError`` naming it).
-    """
-    env = os.environ.get("POSEGEN_MOVENET")
-    if env:
-        return Path(env).expanduser()
-    repo = Path(__file__).resolve().parents[2]
-    candidates = [base.parent / "shared" / "weights" / DEFAULT_MOVENET_FILE for base in (repo, Path.cwd().resolve())]
-    return next((c for c in candidates if c.is_file()), candidates[0])
+    """Where the MoveNet ``.tflite`` file is looked for when no weights path is given:
+    ``$POSEGEN_MOVENET``, else ``../shared/weights/`` + :data:`DEFAULT_MOVENET_FILE`
+    (:func:`posegen._io.shared_path`; returned whether or not it exists)."""
+    return shared_path("weights/" + DEFAULT_MOVENET_FILE, "POSEGEN_MOVENET")
 
 
 def calibrate_scores(raw: np.ndarray, present_score: float) -> np.ndarray:

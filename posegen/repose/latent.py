@@ -44,7 +44,6 @@ __all__ = [
     "FRAME_HW",
     "LATENT_HW",
     "COND_CHANNELS",
-    "WARP_KWARGS",
     "make_denoiser",
     "flow_for",
     "latent_conditions",
@@ -58,8 +57,6 @@ LATENT_HW = (FRAME_HW[0] // LATENT_SCALE, FRAME_HW[1] // LATENT_SCALE)
 #: Channels of the conditioning concatenated to the noisy latent: warped latent, source latent,
 #: target pose maps (17 joint heatmaps + 19 limb maps), warp weight.
 COND_CHANNELS = 2 * LATENT_CHANNELS + POSE_CHANNELS + 1
-#: The warp's settings (measured in ``benchmarks/repose_quality.py``; see the module docstring).
-WARP_KWARGS = CONSTRAINED_WARP
 _BODY_GAIN = 2.0
 # pose maps are rendered at twice the latent resolution and average-pooled (smooth, no aliasing)
 _POSE_HW = (2 * LATENT_HW[0], 2 * LATENT_HW[1])
@@ -93,7 +90,7 @@ def make_denoiser(
 
 
 def flow_for(source_kp, target_kp, flow_hw=_POSE_HW, min_score: float = 0.5):
-    """:func:`limb_flow` (with :data:`WARP_KWARGS`) for keypoints in :data:`FRAME_HW` pixels,
+    """:func:`limb_flow` (with :data:`~posegen.repose.warp.CONSTRAINED_WARP`) for keypoints in :data:`FRAME_HW` pixels,
     computed on a ``flow_hw`` grid (the flow is in normalised coordinates, so a coarse grid serves
     the 32x16 latent).
 
@@ -109,7 +106,7 @@ def flow_for(source_kp, target_kp, flow_hw=_POSE_HW, min_score: float = 0.5):
         kp[..., 1] = (kp[..., 1] + 0.5) * sy - 0.5
         return kp
 
-    return limb_flow(scale(source_kp), scale(target_kp), flow_hw, min_score=min_score, **WARP_KWARGS)
+    return limb_flow(scale(source_kp), scale(target_kp), flow_hw, min_score=min_score, **CONSTRAINED_WARP)
 
 
 def pose_maps_latent(target_kp, min_score: float = 0.5) -> torch.Tensor:
@@ -163,7 +160,7 @@ def warp_inputs(source_images: torch.Tensor, source_kp, target_kp, min_score: fl
     """
     grid, weight = limb_flow(
         torch.as_tensor(source_kp, dtype=torch.float32), torch.as_tensor(target_kp, dtype=torch.float32),
-        FRAME_HW, min_score=min_score, **WARP_KWARGS,
+        FRAME_HW, min_score=min_score, **CONSTRAINED_WARP,
     )  # fmt: skip
     dev = source_images.device
     fill = _source_mask(source_kp, target_kp, _POSE_HW, min_score).to(dev)

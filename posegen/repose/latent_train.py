@@ -52,6 +52,7 @@ from ..data.images import read_image
 from ..latent.frame import letterbox_params, to_frame_keypoints
 from ..latent.taef2 import TAEF2
 from .latent import FRAME_HW, LATENT_HW, latent_conditions, make_denoiser
+from .provenance import file_digest
 
 __all__ = [
     "LatentTrainConfig",
@@ -113,10 +114,6 @@ def autoencoder_fingerprint(model: TAEF2) -> str:
     return h.hexdigest()[:16]
 
 
-def _file_sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:32]
-
-
 @torch.no_grad()
 def encode_images(
     paths: list[str],
@@ -145,7 +142,7 @@ def encode_images(
     out: dict[str, torch.Tensor] = {}
     todo: list[tuple[str, Path]] = []
     for p in paths:
-        f = folder / f"{_file_sha(root / p)}.safetensors"
+        f = folder / f"{file_digest(root / p, 32)}.safetensors"
         if f.exists():
             out[p] = load_file(str(f))["latent"]
         else:

@@ -40,8 +40,9 @@ TRAINING_DIGESTS = "training_images.sha256"
 DIGEST_HEX = 16
 
 
-def file_digest(path: str | os.PathLike) -> str:
-    """First :data:`DIGEST_HEX` hex digits of the SHA-256 of a file's bytes.
+def file_digest(path: str | os.PathLike, n_hex: int = DIGEST_HEX) -> str:
+    """First ``n_hex`` (default :data:`DIGEST_HEX`) hex digits of the SHA-256 of a file's bytes,
+    read in 1 MiB chunks.
 
     Raises:
         OSError: the file cannot be read.
@@ -50,7 +51,7 @@ def file_digest(path: str | os.PathLike) -> str:
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return h.hexdigest()[:DIGEST_HEX]
+    return h.hexdigest()[:n_hex]
 
 
 def model_folder(model: str | os.PathLike) -> Path:

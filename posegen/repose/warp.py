@@ -389,7 +389,8 @@ def _hull_distance(X, Y, pts, mask):
 def _part_distances(K: torch.Tensor, shared: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     """Pixel distances ``float32 [B, P, h, w]`` from every pixel centre of an ``hw`` frame to each
     part of :data:`PARTS` (bone segments; torso and head convex hulls, 0 inside) of the extended
-    18-point set ``K`` ``[B, 18, 2]`` (``inf`` for a part none of whose points are in ``shared``)."""
+    18-point set ``K`` ``[B, 18, 2]`` in pixels of that frame (x, y). ``inf`` for a bone with an
+    end not in ``shared`` ``bool [B, 18]`` and for a torso or head none of whose points are."""
     h, w = int(hw[0]), int(hw[1])
     Kf = K.float()
     dev = K.device
