@@ -10,7 +10,9 @@ The protocol of PIDM (CVPR 2023) and PCDMs, done leak-free on posegen's default 
    MSMT17-pretrained ONNX weights (converted offline) on CUHK03 ``detected/train`` (the fraction,
    per seed) and evaluates on ``detected/val`` (view A = query, view B = gallery, 100 identities),
    arms ``real``, ``posegen``, ``duplicate``, ``flip``, same seeds and settings. The generator's
-   model card is checked against the evaluation images first (leak-free by default).
+   model card is checked against the evaluation images first (leak-free by default). Finished runs
+   are kept in ``WORK/eval-f<F>-<arms>/runs/`` and reused when the benchmark is started again
+   (``resume``): a 100 % table can be finished over several sessions.
 
 Writes ``benchmarks/results/downstream-f<F>.json`` per run and regenerates
 ``benchmarks/results/downstream.md`` from every such file (command, commit, machine, wall times,
@@ -81,6 +83,7 @@ def render_index() -> str:
             f"Command: `{rec['command']}`  ",
             f"Commit {rec['commit']}; {rec['machine']}.  ",
             f"Wall time: training and evaluation of the {len(rec['runs'])} runs {rec['wall_seconds'] / 60:.1f} min"
+            + (f" (summed over the runs; {rec['resumed_runs']} of them finished by earlier, interrupted calls)" if rec.get("resumed_runs") else "")
             + (f"; the augment that made the posegen images {rec['augment_seconds'] / 60:.1f} min" if rec.get("augment_seconds") else "")
             + ".  ",
         ]
@@ -155,10 +158,13 @@ def main() -> None:
     t0 = time.perf_counter()
     result = evaluate_downstream(
         CUHK03, augmented, report, fractions=(fraction,), seeds=seeds, arms=arms, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, device="cpu", threads=args.threads, command=command,
+        batch_size=args.batch_size, lr=args.lr, device="cpu", threads=args.threads, command=command, resume=True,
         progress=lambda stage, done, total: print(f"\r{stage} {done}/{total}   ", end="", file=sys.stderr, flush=True),
     )  # fmt: skip
     wall = time.perf_counter() - t0
+    resumed = sum(bool(r.get("resumed")) for r in result["runs"])
+    if resumed:  # runs finished by earlier calls: the table's time is the sum over its runs
+        wall = sum(r["train_seconds"] + r["eval_seconds"] for r in result["runs"])
     print(file=sys.stderr)
     console.print(results_table(result, title=f"eval-downstream on CUHK03 ({wall / 60:.1f} min)"))
     for line in result["verdicts"]:
@@ -169,6 +175,7 @@ def main() -> None:
         "commit": commit(),
         "machine": machine(),
         "wall_seconds": wall,
+        "resumed_runs": resumed,
         "augment_seconds": aug_seconds,
         "augmented": None if augmented is None else str(augmented.relative_to(REPO) if augmented.is_relative_to(REPO) else augmented),
         "augment": aug_summary,

@@ -86,6 +86,7 @@ def eval_downstream_cmd(
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's); 1 is often fastest on a shared CPU."),
     max_train_pids: Optional[int] = typer.Option(None, "--max-train-pids", help="Quick trial: only the first N training identities."),
     max_test_pids: Optional[int] = typer.Option(None, "--max-test-pids", help="Quick trial: only the first N query identities (and their gallery images)."),
+    resume: bool = typer.Option(False, "--resume", help="Reuse the runs an interrupted call finished in --out (same training set, start and settings); train the rest."),
 ):
     """Fine-tune torchreid re-ID models on real vs real+posegen vs real+duplicate vs real+flip images; report the gain (leak-checked)."""
     from posegen.data import LayoutError
@@ -101,7 +102,7 @@ def eval_downstream_cmd(
         "--init-weights": init_weights, "--from-scratch": from_scratch or None, "--fixbase-epochs": fixbase_epochs or None,
         "--classifier-lr-mult": classifier_lr_mult,
         "--allow-leak": allow_leak or None, "--device": device, "--workers": workers, "--threads": threads,
-        "--max-train-pids": max_train_pids, "--max-test-pids": max_test_pids,
+        "--max-train-pids": max_train_pids, "--max-test-pids": max_test_pids, "--resume": resume or None,
     }  # fmt: skip
     command = "posegen eval-downstream " + " ".join(
         k if v is True else f"{k} {shlex.quote(str(v))}" for k, v in opts.items() if v is not None
@@ -127,7 +128,7 @@ def eval_downstream_cmd(
                 from_scratch=from_scratch, fixbase_epochs=fixbase_epochs, classifier_lr_mult=classifier_lr_mult,
                 allow_leak=allow_leak,
                 workers=workers, threads=threads, max_train_pids=max_train_pids, max_test_pids=max_test_pids,
-                command=command, progress=update,
+                command=command, resume=resume, progress=update,
             )  # fmt: skip
     except (LayoutError, FileNotFoundError, ValueError, ImportError) as e:  # LeakError is a ValueError
         console.print(f"[red]error:[/red] {e}")

@@ -130,6 +130,26 @@ def test_same_seed_reproduces(small_run, detected, tmp_path):
     assert b["final_loss"] == pytest.approx(a["final_loss"], abs=1e-5)
 
 
+def test_resume_reuses_finished_runs_and_retrains_changed_ones(small_run, detected, tmp_path):
+    out, first, aug = small_run
+    saved = sorted((out / "runs").glob("*.json"))
+    assert len(saved) == len(first["runs"]) and all(r["resumed"] is False for r in first["runs"])
+    work = tmp_path / "report"
+    shutil.copytree(out, work)
+    # an interrupted call left a run of another experiment (a changed setting gives another key)
+    tampered = work / "runs" / "fraction0.5-seed0-real.json"
+    rec = json.loads(tampered.read_text())
+    tampered.write_text(json.dumps({**rec, "key": "0" * 64}))
+    again = evaluate_downstream(detected, aug, work, fractions=(0.5, 1.0), seeds=(0,), arms=("real", "flip"), resume=True, **SMALL)
+    by = {(r["fraction"], r["arm"]): r for r in again["runs"]}
+    old = {(r["fraction"], r["arm"]): r for r in first["runs"]}
+    assert by[(1.0, "real")]["resumed"] and by[(1.0, "flip")]["resumed"] and by[(0.5, "flip")]["resumed"]
+    assert by[(1.0, "real")]["mAP"] == old[(1.0, "real")]["mAP"] and by[(1.0, "flip")]["cmc"] == old[(1.0, "flip")]["cmc"]
+    assert by[(0.5, "real")]["resumed"] is False  # trained again: same seed, same numbers
+    assert by[(0.5, "real")]["mAP"] == pytest.approx(old[(0.5, "real")]["mAP"], abs=1e-6)
+    assert json.loads(tampered.read_text())["key"] != "0" * 64  # rewritten with its own key
+
+
 def test_fractions_keep_one_image_per_pid_and_are_seeded(detected):
     train = load_real(detected).train
     n_pids = train["pid"].nunique()

@@ -23,7 +23,9 @@ x0.25 trained on MSMT17, converted offline from ONNX (:mod:`posegen.downstream.p
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 import platform
 import time
@@ -31,7 +33,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .. import __version__
-from .._io import atomic_write_text
+from .._io import atomic_write_json, atomic_write_text
 from .data import (
     ARMS,
     LeakError,
@@ -47,7 +49,7 @@ from .pretrained import ONNX_ARCH, default_osnet_onnx
 from .reid import LOSSES, MODELS, resolve_device, train_and_evaluate
 from .report import summarize_runs, verdicts, write_report
 
-__all__ = ["evaluate_downstream", "default_arms", "resolve_init"]
+__all__ = ["evaluate_downstream", "default_arms", "resolve_init", "run_key"]
 
 Progress = Callable[[str, int, int], None]
 
@@ -143,6 +145,7 @@ def evaluate_downstream(
     max_train_pids: int | None = None,
     max_test_pids: int | None = None,
     command: str | None = None,
+    resume: bool = False,
     progress: Progress | None = None,
 ) -> dict:
     """Fine-tune torchreid models on real vs real+posegen vs real+duplicate vs real+flip; report the gain.
@@ -183,6 +186,12 @@ def evaluate_downstream(
         max_train_pids, max_test_pids: restrict to the first N train / query identities — quick
             trials only (:func:`posegen.downstream.data.load_real`); the report records them.
         command: the command line, recorded in the report.
+        resume: reuse finished runs from an earlier, interrupted call into the same ``out_dir``.
+            Every finished run is saved at once as ``out_dir/runs/fraction<F>-seed<S>-<arm>.json``
+            with a key (:func:`run_key`: the exact training list, query/gallery, start weights and
+            every hyper-parameter); with ``resume`` a saved run whose key matches is taken as it is
+            (marked ``"resumed": True``) and any other is trained again. A 100 % table (hours on a
+            CPU) can so be finished over several sessions.
         progress: ``progress(stage, done, total)``: stage ``"flip"`` (flipped images written),
             ``"train"`` (optimisation steps over all runs), ``"runs"`` (finished runs).
 
@@ -192,7 +201,8 @@ def evaluate_downstream(
         ``generator`` (:class:`~posegen.downstream.data.GeneratorCheck` as a dict, or None),
         ``runs`` (one dict per fraction × seed × arm: ``fraction``, ``seed``, ``arm``, ``n_real``,
         ``n_extra``, ``n_images``, ``n_pids``, ``mAP``, ``rank1``, ``rank5``, ``rank10`` in [0, 1],
-        ``cmc`` (50 floats, ranks 1..50), ``steps``, ``train_seconds``, ``eval_seconds``),
+        ``cmc`` (50 floats, ranks 1..50), ``steps``, ``train_seconds``, ``eval_seconds``,
+        ``resumed``),
         ``summary`` (:func:`posegen.downstream.report.summarize_runs`), ``verdicts``, ``files``,
         ``versions``, ``wall_seconds``.
 
@@ -256,11 +266,26 @@ def evaluate_downstream(
     query = [(str(root / p), int(pid), int(c)) for p, pid, c in zip(real.query["path"], real.query["pid"], real.query["camid"])]
     gallery = [(str(root / p), int(pid), int(c)) for p, pid, c in zip(real.gallery["path"], real.gallery["pid"], real.gallery["camid"])]
 
-    estimated = [(ts.stats["n_images"] // batch_size) * epochs for ts in plan]
+    hyper = {
+        "model": model, "init_weights": None if init is None else _digest(init), "epochs": int(epochs),
+        "height": int(height), "width": int(width), "batch_size": int(batch_size), "lr": float(lr), "loss": loss,
+        "fixbase_epochs": fixbase, "classifier_lr_mult": cls_mult,
+    }  # fmt: skip
+    inside = str(out) + os.sep  # images written into the report (flipped/) are keyed relative to it
+    keys = [
+        run_key([(f"OUT/{x[len(inside):]}" if x.startswith(inside) else x, y, c) for x, y, c in ts.as_torchreid()], query, gallery, hyper)
+        for ts in plan
+    ]  # fmt: skip
+    saved = [_load_saved_run(out / "runs" / _run_name(ts), k) if resume else None for ts, k in zip(plan, keys)]
+    estimated = [0 if old is not None else (ts.stats["n_images"] // batch_size) * epochs for ts, old in zip(plan, saved)]
     total_steps = sum(estimated)
     done_steps = 0
     runs = []
-    for i, ts in enumerate(plan):
+    for i, (ts, key, old) in enumerate(zip(plan, keys, saved)):
+        if old is not None:
+            runs.append({**old, "resumed": True})
+            progress("runs", i + 1, len(plan))
+            continue
         log = io.StringIO()
         offset = done_steps
         res = train_and_evaluate(
@@ -271,8 +296,11 @@ def evaluate_downstream(
         )  # fmt: skip
         done_steps = offset + max(res["steps"], estimated[i])
         progress("train", min(done_steps, total_steps), total_steps)
-        atomic_write_text(out / "logs" / f"fraction{ts.fraction:g}-seed{ts.seed}-{ts.arm}.log", log.getvalue())
-        runs.append({"fraction": ts.fraction, "seed": ts.seed, "arm": ts.arm, **ts.stats, **res})
+        atomic_write_text(out / "logs" / f"{_run_name(ts)}.log", log.getvalue())
+        run = {"fraction": ts.fraction, "seed": ts.seed, "arm": ts.arm, **ts.stats, **res}
+        run["cmc"] = [float(c) for c in run["cmc"]]  # JSON as saved, so a resumed run reads the same
+        atomic_write_json(out / "runs" / f"{_run_name(ts)}.json", {"key": key, "run": run})
+        runs.append({**run, "resumed": False})
         progress("runs", i + 1, len(plan))
 
     result = {
@@ -324,6 +352,40 @@ def evaluate_downstream(
     result["wall_seconds"] = time.perf_counter() - t_start
     write_report(result, out)
     return result
+
+
+def run_key(train: Sequence[tuple], query: Sequence[tuple], gallery: Sequence[tuple], hyper: dict) -> str:
+    """The identity of one training run, for ``resume``: SHA-256 (hex) of the training list
+    ``[(img_path, label, camid), ...]``, the query and gallery lists ``[(img_path, pid, camid), ...]``
+    (in order: the sampler and the evaluation depend on it) and the hyper-parameters (a JSON-able
+    dict, the start weights by content digest). Device, threads and workers are left out: they
+    change the speed, not the experiment."""
+    h = hashlib.sha256()
+    for part in (train, query, gallery):
+        h.update(json.dumps([[str(a), int(b), int(c)] for a, b, c in part]).encode())
+    h.update(json.dumps(hyper, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _run_name(ts) -> str:
+    return f"fraction{ts.fraction:g}-seed{ts.seed}-{ts.arm}"
+
+
+def _digest(path: Path) -> str:
+    from ..repose.provenance import file_digest
+
+    return file_digest(path)
+
+
+def _load_saved_run(path: Path, key: str) -> dict | None:
+    """The run saved at ``path`` (``.json`` added) when its key is ``key``; None when there is no
+    such file, it is unreadable, or it belongs to another experiment."""
+    f = path.with_name(path.name + ".json")
+    try:
+        rec = json.loads(f.read_text())
+    except (OSError, ValueError):
+        return None
+    return rec.get("run") if isinstance(rec, dict) and rec.get("key") == key else None
 
 
 def _versions() -> dict:
