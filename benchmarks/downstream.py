@@ -11,7 +11,7 @@ The protocol of PIDM (CVPR 2023) and PCDMs, done leak-free on posegen's default 
    per seed) and evaluates on ``detected/val`` (view A = query, view B = gallery, 100 identities),
    arms ``real``, ``posegen``, ``duplicate``, ``flip``, same seeds and settings. The generator's
    model card is checked against the evaluation images first (leak-free by default). Finished runs
-   are kept in ``WORK/eval-f<F>-<arms>/runs/`` and reused when the benchmark is started again
+   are kept in ``WORK/eval-f<F>/runs/`` and reused when the benchmark is started again
    (``resume``): a 100 % table can be finished over several sessions.
 
 Writes ``benchmarks/results/downstream-f<F>.json`` per run and regenerates
@@ -154,7 +154,7 @@ def main() -> None:
     if "posegen" in arms:
         augmented, aug_seconds, s = _augment(fraction, seeds, args.k, args.work)
         aug_summary = {"sources": int(s["real"]), "generated": int(s["generated"]), "kept": int(s["kept"])}
-    report = args.work / f"eval-f{fraction:g}-{'-'.join(arms)}"
+    report = args.work / f"eval-f{fraction:g}"  # one folder per fraction: its runs/ serve every arm subset
     t0 = time.perf_counter()
     result = evaluate_downstream(
         CUHK03, augmented, report, fractions=(fraction,), seeds=seeds, arms=arms, epochs=args.epochs,

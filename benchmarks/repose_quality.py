@@ -473,14 +473,14 @@ def warp_baseline(scorer: FrameScorer, kind: str, autoencoder=None) -> tuple[lis
             grid, wt = limb_flow(skp, tkp, FRAME_HW, **CONSTRAINED_WARP)
             y = composite(x, grid, wt)
         elif kind == "constrained-fill":
-            y = warp_inputs(x, skp, tkp)
+            y = warp_inputs(x, skp, tkp, inside=torch.from_numpy(box.inside_mask())[None, None], upscale=box.scale[0])
         elif kind == "latent-warp":  # the same warp applied to the latent (flow at 32x16), decoded
             with torch.no_grad():
                 _, wl = latent_conditions(autoencoder.encode(x), skp, tkp)
                 y = autoencoder.decode(wl)
         elif kind == "encoded-warp":  # the pixel warp through the autoencoder (SDEdit's start)
             with torch.no_grad():
-                y = autoencoder.decode(autoencoder.encode(warp_inputs(x, skp, tkp)))
+                y = autoencoder.decode(autoencoder.encode(warp_inputs(x, skp, tkp, inside=torch.from_numpy(box.inside_mask())[None, None], upscale=box.scale[0])))
         else:
             raise ValueError(kind)
         u8 = (y[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)

@@ -11,10 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import CUHK03, SHARED, require, standing_pose
 from posegen.latent import from_frame_keypoints, letterbox_params, load_taef2, to_frame_keypoints
-from posegen.repose.warp import align_pose, body_mask, fill_masked, limb_flow, person_scale
+from posegen.repose.warp import align_pose, body_mask, cut_leg_mask, fill_masked, limb_flow, person_scale
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TAEF2_DIR = SHARED / "weights" / "taef2"
@@ -133,6 +134,77 @@ def test_fill_masked_removes_the_person():
     inside = mask[0, 0] > 0.99
     assert float((filled - x)[0, :, inside].abs().amax()) < 0.05  # the person is gone
     assert float((filled - person)[0, :, mask[0, 0] < 1e-3].abs().amax()) < 2e-3  # the rest untouched
+
+
+def test_fill_ignores_the_letterbox_padding_and_never_leaves_black():
+    """A light backdrop whose bottom rows are the edge padding of a letterboxed close-up (the shirt's
+    last row repeated, dark): with ``known`` the padding is no background sample, and a filled region
+    wider than the coarsest pyramid cell takes the samples' mean instead of black."""
+    x = torch.full((1, 3, 256, 128), 0.9)
+    x[:, :, 200:] = 0.1  # the padding: a dark shirt row repeated
+    known = torch.ones(1, 1, 256, 128)
+    known[:, :, 200:] = 0.0
+    mask = torch.zeros(1, 1, 256, 128)
+    mask[:, :, 60:200] = 1.0  # the whole width: no sample beside the region
+    without = fill_masked(x, mask)
+    filled = fill_masked(x, mask, known=known)
+    assert float(without[0, :, 150:200].mean()) < 0.7  # the dark padding bleeds in
+    assert float((filled[0, :, 60:200] - 0.9).abs().amax()) < 1e-4
+    assert float((filled - x)[0, :, mask[0, 0] < 1e-3].abs().amax()) < 1e-6  # outside the mask: untouched
+
+
+def test_cut_leg_mask_follows_a_hip_without_its_knee_down_past_the_frame():
+    kp = standing_pose()[None].copy()
+    assert float(cut_leg_mask(kp, (128, 64)).amax()) == 0.0  # every present hip has its knee
+    kp[0, [13, 14, 15, 16], 2] = 0.0  # an upper-body photo: the knees leave the frame
+    m = cut_leg_mask(kp, (128, 64))[0, 0]
+    for hip in (11, 12):
+        x, y = int(round(kp[0, hip, 0])), int(round(kp[0, hip, 1]))
+        assert float(m[y:, x].amin()) > 0.99  # straight down from the hip to the bottom edge
+    assert float(m[:40].amax()) < 1e-3 and float(m[:, :10].amax()) < 1e-3  # not the chest, not the side
+
+
+def test_fashion_close_up_on_a_plain_backdrop_is_filled_with_the_backdrop():
+    """A real DeepFashion close-up (a dark shirt, legs out of frame) re-posed to its full-body pair
+    (ground-truth keypoints): the backdrop counts as plain, the shirt and the trousers below it are
+    removed and filled with the backdrop's colour (not the dark blob the shirt's edges and the
+    repeated bottom row used to leave), and the repair model is kept off the plain fill."""
+    from posegen.data.images import read_image
+    from posegen.pose.backends import get_backend
+    from posegen.pose.formats import keypoints_array, read_poses
+    from posegen.repose.latent import FRAME_HW, PLAIN_BACKGROUND, background_texture, warp_inputs
+    from posegen.repose.warp import CONSTRAINED_WARP
+
+    root = require(SHARED / "data" / "deepfashion-samples")
+    src_name, tgt_name = "fashionMENShirts_Polosid0000679009_3back.jpg", "fashionMENShirts_Polosid0000679009_1front.jpg"
+    poses = read_poses(root / "annotations.csv").set_index("path")
+    kp = {n: keypoints_array(poses.loc[[n]].reset_index())[0] for n in (src_name, tgt_name)}
+    src = read_image(root / "images" / src_name)
+    box = letterbox_params((src.shape[1], src.shape[0]), FRAME_HW)
+    assert box.pad[1] > 20  # a 176x256 photo leaves padding rows in the 256x128 frame
+    x = torch.from_numpy(box.image_to_frame(src)).permute(2, 0, 1)[None].float() / 255
+    inside = torch.from_numpy(box.inside_mask())[None, None]
+    skp, tkp = to_frame_keypoints(kp[src_name], box)[None], to_frame_keypoints(kp[tgt_name], box)[None]
+    assert float(background_texture(x, body_mask(skp, FRAME_HW), inside)[0]) < PLAIN_BACKGROUND
+    out, repair = warp_inputs(x, skp, tkp, return_repair=True, inside=inside)
+    backdrop = float(x[0, :, box.pad[1] : box.pad[1] + 20, :15].mean())  # the photo's top-left corner
+    region = inside[0, 0].bool().clone()
+    region[: FRAME_HW[0] - box.pad[1] - 40] = False  # the photo's bottom 40 rows: shirt hem and trousers before
+    assert float(x[0, :, region].mean()) < backdrop - 0.3
+    assert abs(float(out[0, :, region].mean()) - backdrop) < 0.08
+    # no repair on the plain fill; only where the target body would sample below the source frame
+    _, weight = limb_flow(torch.as_tensor(skp), torch.as_tensor(tkp), FRAME_HW, **CONSTRAINED_WARP)
+    off_body = region & (F.max_pool2d(weight, 9, stride=1, padding=4)[0, 0] < 0.01)
+    assert off_body.sum() > 500
+    assert float(repair[0, 0][off_body].mean()) < 0.02
+    # a CUHK03 street crop is textured: the repair model works on its fill as before
+    crop = read_image(require(CUHK03 / "train") / "0004_07.jpg")
+    cbox = letterbox_params((crop.shape[1], crop.shape[0]), FRAME_HW)
+    cx = torch.from_numpy(cbox.image_to_frame(crop)).permute(2, 0, 1)[None].float() / 255
+    with get_backend() as be:
+        ckp = to_frame_keypoints(be.estimate(crop), cbox)[None]
+    tex = background_texture(cx, body_mask(ckp, FRAME_HW), torch.from_numpy(cbox.inside_mask())[None, None])
+    assert float(tex[0]) > PLAIN_BACKGROUND
 
 
 def test_warp_never_pastes_black_where_the_body_leaves_the_source_frame():

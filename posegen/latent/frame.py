@@ -55,6 +55,13 @@ class Letterbox:
         px, py = self.pad
         return np.pad(small, ((py, h - py - self.inner[1]), (px, w - px - self.inner[0]), (0, 0)), mode="edge")
 
+    def inside_mask(self) -> np.ndarray:
+        """``float32 [h, w]``: 1 on the image's region of the frame, 0 on the edge padding."""
+        m = np.zeros(self.frame_hw, dtype=np.float32)
+        px, py = self.pad
+        m[py : py + self.inner[1], px : px + self.inner[0]] = 1.0
+        return m
+
     def frame_to_image(self, frame: np.ndarray) -> np.ndarray:
         """``uint8 [h, w, 3]`` in the frame -> ``uint8 [H, W, 3]``: crop the image's region,
         bicubic resize to the original size."""

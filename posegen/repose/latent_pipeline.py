@@ -175,7 +175,9 @@ class LatentReposePipeline(DiffusionPipeline):
         z_uniq = ae.encode(x[uniq])
         z_src = z_uniq[[uniq.index(w) for w in which]]
         cond, warped_latent = latent_conditions(z_src, skp, tkp, min_score)
-        pixel_warp, repair = warp_inputs(x, skp, tkp, min_score, return_repair=True)
+        inside = torch.from_numpy(np.stack([bx.inside_mask() for bx in boxes]))[:, None].to(device)
+        upscale = [bx.scale[0] for bx in boxes]
+        pixel_warp, repair = warp_inputs(x, skp, tkp, min_score, return_repair=True, inside=inside, upscale=upscale)
         z0 = ae.encode(pixel_warp) if start == "pixel" else warped_latent
 
         sched = self.scheduler

@@ -729,7 +729,31 @@ def body_mask(keypoints, out_hw, *, min_score: float = 0.5, gain: float = 2.0) -
     return (w * gain).clamp(0.0, 1.0)
 
 
-def fill_masked(x: torch.Tensor, mask: torch.Tensor, levels: int = 6) -> torch.Tensor:
+def cut_leg_mask(keypoints, out_hw, *, min_score: float = 0.5, gain: float = 2.0) -> torch.Tensor:
+    """Soft mask of the legs a pose does not show: ``float32 [B, 1, h, w]`` in ``[0, 1]``.
+
+    Where a hip is present and its knee is not (an upper-body photo whose legs leave the frame, or
+    legs the pose model missed), the leg is taken to go straight down from the hip past the bottom
+    edge, with the thigh's radius and falloff of :func:`body_mask` (and its ``gain``): the trousers
+    of a fashion close-up are part of the person too. Zero where every present hip has its knee.
+    Keypoints are ``[B, 17, 3]`` in pixels of the frame ``out_hw`` (h, w).
+    """
+    kp = _as_kp_tensor(keypoints)
+    h, w = int(out_hw[0]), int(out_hw[1])
+    pres = _present(kp, min_score)
+    s = person_scale(kp, (h, w), min_score=min_score).to(kp.device)[:, None, None]  # [B,1,1]
+    ys = torch.arange(h, device=kp.device, dtype=torch.float32)[:, None]
+    xs = torch.arange(w, device=kp.device, dtype=torch.float32)[None, :]
+    out = torch.zeros(kp.shape[0], h, w, device=kp.device)
+    for hip, knee, radius in ((11, 13, _BONE_RADIUS[4]), (12, 14, _BONE_RADIUS[5])):
+        cut = (pres[:, hip] & ~pres[:, knee]).float()[:, None, None]
+        hx, hy = kp[:, hip, 0, None, None].float(), kp[:, hip, 1, None, None].float()
+        d = torch.where(ys >= hy, (xs - hx).abs(), torch.sqrt((xs - hx) ** 2 + (ys - hy) ** 2))  # to the ray down
+        out = torch.maximum(out, cut * torch.exp(-0.5 * (torch.relu(d - radius * s) / (_WEIGHT_FALLOFF * s)) ** 2))
+    return (out[:, None] * gain).clamp(0.0, 1.0)
+
+
+def fill_masked(x: torch.Tensor, mask: torch.Tensor, levels: int = 6, known: torch.Tensor | None = None) -> torch.Tensor:
     """Fill the masked region of images or latents from its surroundings (push-pull interpolation).
 
     Pull: the values outside the mask (``mask < 0.05``; its soft rim is partly person) and their
@@ -743,6 +767,9 @@ def fill_masked(x: torch.Tensor, mask: torch.Tensor, levels: int = 6) -> torch.T
         x: ``[B, C, h, w]`` float.
         mask: ``[B, 1, h, w]`` in ``[0, 1]`` (1 = to fill), resized to ``x`` when needed.
         levels: pyramid levels (each halves the size, stopping at 1 pixel).
+        known: ``[B, 1, h, w]`` (resized like ``mask``): pixels below 0.5 are not samples either
+            (the edge padding of a letterboxed frame, :meth:`posegen.latent.Letterbox.inside_mask`,
+            repeats the image's border rows: a cut-off person's clothes). None: every pixel.
 
     Returns:
         ``[B, C, h, w]``: ``x * (1 - mask) + filled * mask`` in ``x``'s dtype.
@@ -752,13 +779,21 @@ def fill_masked(x: torch.Tensor, mask: torch.Tensor, levels: int = 6) -> torch.T
         m = _resize_maps(m, tuple(x.shape[-2:])).clamp(0.0, 1.0)
     xf = x.float()
     wgt = (m < 0.05).to(xf.dtype)  # the soft rim of the mask (partly person) is not background
+    if known is not None:
+        k = known.to(device=x.device, dtype=torch.float32)
+        if k.shape[-2:] != x.shape[-2:]:
+            k = _resize_maps(k, tuple(x.shape[-2:]))
+        wgt = wgt * (k >= 0.5).to(xf.dtype)
     pyr = [(xf * wgt, wgt)]
     for _ in range(levels):
         v, wv = pyr[-1]
         if min(v.shape[-2:]) < 2:
             break
         pyr.append((F.avg_pool2d(v, 2, ceil_mode=True), F.avg_pool2d(wv, 2, ceil_mode=True)))
-    est = pyr[-1][0] / pyr[-1][1].clamp_min(1e-6)
+    v, wv = pyr[-1]
+    # a coarsest cell without a sample takes the mean of every sample (zero when there is none)
+    overall = (xf * wgt).sum((-2, -1), keepdim=True) / wgt.sum((-2, -1), keepdim=True).clamp_min(1e-6)
+    est = torch.where(wv > 1e-6, v / wv.clamp_min(1e-6), overall)
     for v, wv in reversed(pyr[:-1]):
         up = F.interpolate(est, size=v.shape[-2:], mode="bilinear", align_corners=False)
         a = wv.clamp(0.0, 1.0)
