@@ -77,7 +77,7 @@ def test_output_tree_and_manifest(run, cuhk03_train):
     settings = json.loads((out / ".posegen" / "run.json").read_text())
     assert settings["reid_weights"] == str(OSNET.resolve()) and settings["notes"] == []
     # the report
-    assert (out / "report.html").is_file() and (out / "report-scores.png").is_file()
+    assert (out / "report.html").is_file() and (out / ".posegen" / "report" / "scores.png").is_file()
     assert any((out / ".posegen" / "report").glob("out-*.png"))
 
 

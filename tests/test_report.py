@@ -1,5 +1,5 @@
 """The visual report: report.html references existing thumbnails only, lists kept and rejected rows
-(capped, deterministic), and report-scores.png is a real PNG. Built on a small synthetic augment
+(capped, deterministic), and the score plot (``.posegen/report/scores.png``) is a real PNG. Built on a small synthetic augment
 output folder (no model, no ../shared) so it runs in seconds."""
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def test_report_caps_rows_and_drops_stale_thumbnails(fake):
     assert after < before  # thumbnails of rows no longer shown are removed
     parser = _Links()
     parser.feed(text)
-    assert {s.split("/")[-1] for s in parser.srcs if s != PLOT_NAME} == after
+    assert {s.split("/")[-1] for s in parser.srcs} == after  # the thumbnails shown and the score plot
 
 
 def test_sample_rows_is_deterministic_and_balanced(fake):

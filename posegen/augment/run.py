@@ -14,7 +14,7 @@
    order documented in :mod:`posegen.filter.scores`) and every computed score is stored;
 7. writing OUT: the real images and the kept synthetic images in DIR's layout, plus
    ``manifest.parquet`` listing every image (real, kept and rejected), ``report.html`` (a contact
-   sheet) and ``report-scores.png`` (score distributions), see :mod:`posegen.report`.
+   sheet) and ``.posegen/report/scores.png`` (score distributions), see :mod:`posegen.report`.
 
 Target poses are checked *before* generation with the pose-validity prior
 (:func:`posegen.prior.load_pose_prior`, ``recipe.augment.use_prior``): an implausible target is
@@ -110,7 +110,7 @@ SOURCE_MAX_SIDE = POSE_MAX_SIDE
 INPUT_REJECTED = "rejected:"
 
 #: Files posegen writes at the top of OUT (besides the images listed in the manifest).
-_OWN_FILES = ("manifest.parquet", "report.html", "report-scores.png")
+_OWN_FILES = ("manifest.parquet", "report.html", "report-scores.png")  # the last: where older versions put the plot
 #: Temporary files of :func:`posegen._io.atomic_write` (``.<name>.<8 random chars>.tmp``).
 _TMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
 
@@ -207,7 +207,7 @@ def written_files(out: str | os.PathLike) -> list[Path]:
 
     These are the images listed in ``OUT/manifest.parquet`` and in the run's part files, the real
     images it planned to copy (``OUT/.posegen/real.parquet``), ``manifest.parquet``,
-    ``report.html`` and ``report-scores.png``. The ``OUT/.posegen/`` state folder is posegen's too
+    ``report.html`` (and ``report-scores.png`` of older versions). The ``OUT/.posegen/`` state folder is posegen's too
     (not listed). Only existing files are returned, sorted.
     """
     out = Path(out)

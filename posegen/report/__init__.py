@@ -2,7 +2,7 @@
 
 - :func:`write_report` (:mod:`.html`): ``OUT/report.html`` (source | target skeleton | output |
   scores, kept and rejected sections) with thumbnails under ``OUT/.posegen/report/``, and
-- :func:`plot_scores` (:mod:`.plots`): ``OUT/report-scores.png``, histograms of the filter's scores,
+- :func:`plot_scores` (:mod:`.plots`): ``OUT/.posegen/report/scores.png``, histograms of the filter's scores,
   kept vs rejected, with the thresholds drawn.
 """
 

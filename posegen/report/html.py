@@ -27,9 +27,10 @@ from .plots import plot_scores
 __all__ = ["write_report", "sample_rows", "skeleton_image", "REPORT_NAME", "PLOT_NAME", "THUMB_DIR"]
 
 REPORT_NAME = "report.html"
-PLOT_NAME = "report-scores.png"
-#: Thumbnail folder, relative to OUT.
+#: Thumbnail folder, relative to OUT (hidden: a dataset parser must not count report images as data).
 THUMB_DIR = ".posegen/report"
+#: The score histograms, relative to OUT (beside the thumbnails, for the same reason).
+PLOT_NAME = f"{THUMB_DIR}/scores.png"
 _THUMB_HEIGHT = 128
 #: Images are decoded at most this large (pixels, longest side) for thumbnails, and skeletons are
 #: drawn at most this high: memory stays small whatever the image size.
@@ -149,7 +150,7 @@ def write_report(
     notes=(),
     title: str | None = None,
 ) -> Path:
-    """Write ``OUT/report.html`` and ``OUT/report-scores.png`` for an augment output folder.
+    """Write ``OUT/report.html`` and the score plot ``OUT/.posegen/report/scores.png`` for an augment output folder.
 
     Args:
         out_dir: the augment output folder OUT (with the real images copied in, the synthetic and
@@ -275,7 +276,8 @@ def write_report(
         "</body></html>\n",
     ]
     path = atomic_write_text(out / REPORT_NAME, "".join(parts))
+    plot = (out / PLOT_NAME).name
     for f_ in thumbs.iterdir():  # drop thumbnails of rows no longer shown
-        if f_.is_file() and f_.name not in used:
+        if f_.is_file() and f_.name not in used and f_.name != plot:
             f_.unlink(missing_ok=True)
     return path
