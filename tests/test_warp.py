@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from conftest import standing_pose
-from posegen.pose.keypoints import scale_keypoints
+from posegen.pose.keypoints import COCO17_FLIP_INDEX, pose_view, scale_keypoints
 from posegen.repose.render import image_to_tensor
-from posegen.repose.warp import identity_grid, keypoints_to_frame, limb_flow, warp
+from posegen.repose.warp import CONSTRAINED_WARP, foreign_part_mask, identity_grid, keypoints_to_frame, limb_flow, view_matched_source, warp
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -76,6 +76,29 @@ def test_identical_poses_give_the_identity_near_the_body():
     img = smooth_image()
     out = warp(img, grid)
     assert (out - img).abs()[0][:, weight[0, 0] > 0.5].max() < 0.02
+
+
+def test_a_view_flip_pairs_limbs_by_image_side():
+    # same joint positions, labels swapped: the source faces away, the target faces the camera
+    src = standing_pose()
+    tgt = src[list(COCO17_FLIP_INDEX)].copy()
+    assert pose_view(src)["facing"][0] == -1 and pose_view(tgt)["facing"][0] == 1
+    elbow = (44, 40)  # the target's left elbow, on the image's right
+    by_label, _ = limb_flow(src[None], tgt[None], HW, **{**CONSTRAINED_WARP, "match_view": False})
+    by_side, weight = limb_flow(src[None], tgt[None], HW, **CONSTRAINED_WARP)
+    assert to_pixels(by_label, HW)[0, elbow[1], elbow[0], 0] < 32  # dragged across the body
+    body = weight[0, 0] > 0.5
+    err = (to_pixels(by_side, HW)[0] - pixel_centres(HW)).norm(dim=-1)
+    assert err[body].max() < 0.5  # nothing moves: every limb stays on its side
+    # nothing copies another part once limbs are paired by side
+    assert foreign_part_mask(src[None], tgt[None], by_side, HW, match_view=True)[0, 0][body].mean() == 0
+    # idempotent, and a side-on or same-facing target leaves the source alone
+    m = view_matched_source(src[None], tgt[None])
+    assert torch.equal(view_matched_source(m, tgt[None]), m)
+    side = src.copy()
+    side[[5, 11], 0] = side[[6, 12], 0]  # shoulders and hips stacked: side-on
+    assert torch.equal(view_matched_source(src[None], side[None])[0], torch.from_numpy(src))
+    assert torch.equal(view_matched_source(src[None], src[None])[0], torch.from_numpy(src))
 
 
 def _rotate_about(p, centre, degrees):

@@ -248,5 +248,5 @@ def foreign_fraction(source_keypoints: np.ndarray, target_keypoints: np.ndarray,
     body = weight[0, 0] > 0.5
     if not bool(body.any()):
         return float("nan")
-    foreign = foreign_part_mask(sk, tk, grid, hw, min_score=min_score)[0, 0]
+    foreign = foreign_part_mask(sk, tk, grid, hw, min_score=min_score, match_view=CONSTRAINED_WARP["match_view"])[0, 0]
     return float(foreign[body].mean())

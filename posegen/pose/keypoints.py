@@ -31,6 +31,8 @@ __all__ = [
     "num_confident",
     "openpose18_to_coco17",
     "coco17_to_openpose18",
+    "pose_view",
+    "DEFAULT_SIDE_RATIO",
 ]
 
 NUM_KEYPOINTS = 17
@@ -230,3 +232,66 @@ def coco17_to_openpose18(kp17: np.ndarray, neck: np.ndarray | None = None) -> np
         mid = np.where(have[..., None], neck, mid)
     out[..., _NECK, :] = mid
     return out
+
+
+#: :func:`pose_view`: a pose whose left-right x offset is below this many torso lengths is side-on.
+DEFAULT_SIDE_RATIO = 0.15
+
+
+def pose_view(keypoints, min_score: float = 0.5, *, side_ratio: float = DEFAULT_SIDE_RATIO) -> dict[str, np.ndarray]:
+    """Which way each pose faces, and how wide its torso looks, from shoulders and hips.
+
+    For a person facing the camera the person's left shoulder (and hip) is on the image's right,
+    so ``l_shoulder.x > r_shoulder.x``. The signed offset ``dx`` is the mean of
+    ``l_shoulder.x - r_shoulder.x`` and ``l_hip.x - r_hip.x`` over the pairs whose two joints are
+    present (``score >= min_score``), divided by the torso length (neck = midpoint of the present
+    shoulders, to the midpoint of the present hips).
+
+    Args:
+        keypoints: ``float [17, 3]`` or ``[N, 17, 3]`` COCO-17 ``(x, y, score)``, pixels, x right,
+            y down.
+        min_score: a joint is present when ``score >= min_score``.
+        side_ratio: ``|dx|`` below this (in torso lengths) counts as a side view (facing 0).
+
+    Returns:
+        A dict of arrays of length ``N`` (1 for a single pose):
+
+        - ``"facing"``: ``int8``, ``+1`` front-ish (``dx >= side_ratio``), ``-1`` back-ish
+          (``dx <= -side_ratio``), ``0`` side-on or unknown;
+        - ``"dx"``: ``float32``, the signed offset in torso lengths; NaN when unknown (no complete
+          shoulder or hip pair, or no shoulder and hip to measure the torso);
+        - ``"aspect"``: ``float32``, shoulder width / torso length; NaN unless both shoulders and a
+          hip are present.
+
+    Raises:
+        ValueError: ``keypoints`` is not ``[17, 3]`` / ``[N, 17, 3]``.
+    """
+    kp = np.asarray(keypoints, dtype=np.float64)
+    if kp.ndim == 2:
+        kp = kp[None]
+    if kp.ndim != 3 or kp.shape[1:] != (17, 3):
+        raise ValueError(f"keypoints must have shape [17, 3] or [N, 17, 3] (COCO-17 x, y, score), got {np.shape(keypoints)}")
+    pres = kp[..., 2] >= min_score
+    xy = kp[..., :2]
+
+    def mid(a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        cnt = pres[:, a].astype(float) + pres[:, b]
+        tot = xy[:, a] * pres[:, a, None] + xy[:, b] * pres[:, b, None]
+        return tot / np.maximum(cnt, 1)[:, None], cnt > 0
+
+    neck, has_sh = mid(5, 6)
+    hip, has_hip = mid(11, 12)
+    torso = np.where(has_sh & has_hip, np.linalg.norm(neck - hip, axis=1), np.nan)
+    torso = np.where(torso > 0, torso, np.nan)
+    pair_sh = pres[:, 5] & pres[:, 6]
+    pair_hip = pres[:, 11] & pres[:, 12]
+    d_sh = xy[:, 5, 0] - xy[:, 6, 0]
+    d_hip = xy[:, 11, 0] - xy[:, 12, 0]
+    n_pairs = pair_sh.astype(float) + pair_hip
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dx = np.where(n_pairs > 0, (d_sh * pair_sh + d_hip * pair_hip) / np.maximum(n_pairs, 1), np.nan) / torso
+        aspect = np.where(pair_sh, np.linalg.norm(xy[:, 5] - xy[:, 6], axis=1), np.nan) / torso
+    facing = np.zeros(len(kp), dtype=np.int8)
+    facing[dx >= side_ratio] = 1
+    facing[dx <= -side_ratio] = -1
+    return {"facing": facing, "dx": dx.astype(np.float32), "aspect": aspect.astype(np.float32)}

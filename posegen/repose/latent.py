@@ -41,7 +41,7 @@ from diffusers import UNet2DModel
 
 from ..latent.taef2 import LATENT_CHANNELS, LATENT_SCALE
 from .render import POSE_CHANNELS, render_poses_tensor
-from .warp import CONSTRAINED_WARP, body_mask, composite, cut_leg_mask, fill_masked, limb_flow, warp
+from .warp import CONSTRAINED_WARP, body_mask, composite, cut_leg_mask, fill_masked, limb_flow, view_matched_source, warp
 
 __all__ = [
     "FRAME_HW",
@@ -139,6 +139,9 @@ def latent_conditions(source_latent: torch.Tensor, source_kp, target_kp, min_sco
         ``cond = [warped latent, source latent, pose maps, warp weight]``; the warped latent is the
         latent-space composite (flow resized to 32x16) of the warped body over the source latent.
     """
+    # the source's parts paired as the flow pairs them (by image side when the view flips), so
+    # the removed source parts are the ones that move
+    source_kp = view_matched_source(source_kp, target_kp, min_score=min_score)
     grid, weight = flow_for(source_kp, target_kp, min_score=min_score)
     dev, dt = source_latent.device, source_latent.dtype
     grid, weight = grid.to(dev), weight.to(dev)
@@ -174,9 +177,9 @@ def warp_inputs(source_images: torch.Tensor, source_kp, target_kp, min_score: fl
     Returns:
         The composite, or ``(composite, repair_mask)``.
     """
+    source_kp = view_matched_source(source_kp, target_kp, min_score=min_score)  # as latent_conditions
     grid, weight = limb_flow(
-        torch.as_tensor(source_kp, dtype=torch.float32), torch.as_tensor(target_kp, dtype=torch.float32),
-        FRAME_HW, min_score=min_score, **CONSTRAINED_WARP,
+        source_kp, torch.as_tensor(target_kp, dtype=torch.float32), FRAME_HW, min_score=min_score, **CONSTRAINED_WARP,
     )  # fmt: skip
     dev = source_images.device
     fill = _source_mask(source_kp, target_kp, _POSE_HW, min_score).to(dev)

@@ -37,6 +37,10 @@ Method (all in pixels of the model frame, see below):
    parts, with part radii ``r_p`` (fractions of ``s``: arms 0.09-0.10, legs 0.12-0.14, torso 0.08
    beyond its hull, head 0.22 beyond the face/neck hull): ~1 on the body, ~0 far from it, and 0
    everywhere when no part is shared.
+5. **View flips** (``match_view``, on in :data:`CONSTRAINED_WARP`). When the source faces the
+   camera and the target faces away (or the reverse), parts are paired by image side instead of by
+   label (:func:`view_matched_source`): a keypoint warp cannot turn a person round, and pairing by
+   label would drag every limb across the body.
 
 Measured on 24 same-identity pairs of real CUHK03 crops at 128x64 with BlazePose keypoints: over
 the pixels with weight > 0.5, the mean L1 between the warped source and the target is 0.357 vs
@@ -61,7 +65,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from posegen.pose.keypoints import NUM_KEYPOINTS
+from posegen.pose.keypoints import COCO17_FLIP_INDEX, NUM_KEYPOINTS, pose_view
 
 __all__ = [
     "BONES",
@@ -77,12 +81,13 @@ __all__ = [
     "fill_masked",
     "foreign_part_mask",
     "CONSTRAINED_WARP",
+    "view_matched_source",
 ]
 
 #: :func:`limb_flow` options of posegen's default model (bounded part transforms that keep the body
 #: intact): part scales clamped to [1/1.25, 1.25], a similarity torso on a reflection or a stretch
-#: beyond 1.5, torso and head fitted on their axes.
-CONSTRAINED_WARP = dict(max_part_scale=1.25, scale_mode="clamp", torso_max_anisotropy=1.5, view_robust=True)
+#: beyond 1.5, torso and head fitted on their axes, limbs paired by image side when the view flips.
+CONSTRAINED_WARP = dict(max_part_scale=1.25, scale_mode="clamp", torso_max_anisotropy=1.5, view_robust=True, match_view=True)
 
 #: Limb bones as ``(name, (joint a, joint b))`` in COCO-17 indices.
 BONES: tuple[tuple[str, tuple[int, int]], ...] = (
@@ -140,6 +145,45 @@ def _as_kp_tensor(kp, device=None) -> torch.Tensor:
     if t.ndim != 3 or t.shape[1:] != (NUM_KEYPOINTS, 3):
         raise ValueError(f"keypoints must have shape [B, 17, 3] (COCO-17 x, y, score), got {tuple(t.shape)}")
     return t
+
+
+def view_matched_source(source_kp, target_kp, *, min_score: float = 0.5) -> torch.Tensor:
+    """Source keypoints with their left/right labels swapped where the two poses face opposite ways.
+
+    Facing comes from :func:`posegen.pose.keypoints.pose_view` (the sign of the left-minus-right
+    shoulder and hip x offset, in torso lengths; +1 front, -1 back, 0 side-on or unknown). When the
+    source faces the camera and the target faces away (or the reverse), the target's left arm lies
+    on the image side where the source shows its *right* arm. A warp that pairs parts by label then
+    drags every limb across the body (crossed arms, swapped legs) and still cannot turn the person
+    round: no keypoint warp can show a back that the source never saw. Pairing the parts by image
+    side instead (the source's labels swapped, :data:`~posegen.pose.keypoints.COCO17_FLIP_INDEX`)
+    keeps each limb on its side; the output keeps the source's facing. Poses with a side-on or
+    unknown facing are returned unchanged, and so are already matched ones (idempotent).
+
+    Measured with the default model on the 88 opposite-facing pairs of the 194 CUHK03 val
+    cross-view pairs (``benchmarks/repose_quality.py``): identity 0.777 -> 0.800, OKS 0.285 -> 0.291.
+
+    Args:
+        source_kp, target_kp: ``float [B, 17, 3]`` COCO-17 ``(x, y, score)``, pixels of one frame
+            (x right, y down), numpy or torch.
+        min_score: joint presence threshold.
+
+    Returns:
+        ``float32 [B, 17, 3]`` tensor on ``source_kp``'s device (CPU for numpy).
+
+    Raises:
+        ValueError: keypoints not ``[B, 17, 3]`` or batch sizes differ.
+    """
+    src = _as_kp_tensor(source_kp)
+    tgt = _as_kp_tensor(target_kp, src.device)
+    if src.shape[0] != tgt.shape[0]:
+        raise ValueError(f"source and target batch sizes differ: {src.shape[0]} vs {tgt.shape[0]}")
+    if src.shape[0] == 0:
+        return src
+    fs = pose_view(src.cpu().numpy(), min_score)["facing"].astype(np.int64)
+    ft = pose_view(tgt.cpu().numpy(), min_score)["facing"].astype(np.int64)
+    flip = torch.as_tensor(fs * ft == -1, device=src.device)
+    return torch.where(flip[:, None, None], src[:, list(COCO17_FLIP_INDEX)], src)
 
 
 def image_sizes_tensor(sizes, b: int, device=None) -> torch.Tensor:
@@ -434,7 +478,8 @@ def _owner(d: torch.Tensor, s: torch.Tensor, margin: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def foreign_part_mask(source_kp, target_kp, grid: torch.Tensor, out_hw, *, min_score: float = 0.5, margin: float = 0.03) -> torch.Tensor:
+def foreign_part_mask(source_kp, target_kp, grid: torch.Tensor, out_hw, *, min_score: float = 0.5, margin: float = 0.03,
+                      match_view: bool = False) -> torch.Tensor:
     """Where the warp copies another body part: ``float32 [B, 1, h, w]`` in ``{0, 1}``.
 
     A target pixel that clearly belongs to one part group of the target pose (left arm, right arm,
@@ -450,12 +495,16 @@ def foreign_part_mask(source_kp, target_kp, grid: torch.Tensor, out_hw, *, min_s
         min_score: joint presence threshold.
         margin: how much nearer (fraction of the person scale) the owning group must be than any
             other, so that boundary pixels between parts never count.
+        match_view: the source's parts as :func:`limb_flow` with ``match_view=True`` paired them
+            (:func:`view_matched_source`); pass the same value the grid was made with.
 
     Returns:
         ``float32 [B, 1, h, w]``, 1 where the sampled source pixel belongs to another part group.
     """
     src = _as_kp_tensor(source_kp)
     tgt = _as_kp_tensor(target_kp, src.device)
+    if match_view:
+        src = view_matched_source(src, tgt, min_score=min_score)
     h, w = int(out_hw[0]), int(out_hw[1])
     ps, pt = _present(src, min_score), _present(tgt, min_score)
     S, ps = _extend_with_neck(torch.nan_to_num(src[..., :2].double()), ps)
@@ -482,6 +531,7 @@ def limb_flow(
     scale_mode: str = "drop",
     torso_max_anisotropy: float | None = None,
     view_robust: bool = False,
+    match_view: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense target->source flow from per-part transforms fitted on the keypoints (see the module).
 
@@ -511,6 +561,9 @@ def limb_flow(
             source, a back-view target: left and right shoulders swap sides) the torso and head
             are not rotated upside down; the head is kept upright (scale and translation only,
             the neck mapped onto the neck).
+        match_view: when the two poses face opposite ways (front onto back), pair each source
+            limb with the target limb on the same image side (:func:`view_matched_source`)
+            instead of the same anatomical side, so limbs are not dragged across the body.
 
     Returns:
         ``(grid, weight)``: ``grid`` ``float32 [B, h, w, 2]``, for every target-frame pixel the
@@ -533,6 +586,8 @@ def limb_flow(
     tgt = _as_kp_tensor(target_kp, src.device)
     if src.shape[0] != tgt.shape[0]:
         raise ValueError(f"source and target batch sizes differ: {src.shape[0]} vs {tgt.shape[0]}")
+    if match_view:
+        src = view_matched_source(src, tgt, min_score=min_score)
     h, w = int(out_hw[0]), int(out_hw[1])
     if h <= 0 or w <= 0:
         raise ValueError(f"out_hw must be a positive (h, w), got {tuple(out_hw)}")
