@@ -4,7 +4,7 @@ plausible target poses, on CUHK03 *val* (identities the default model never saw)
 Runs :func:`posegen.augment.augment` on the first ``--limit`` val images (sorted by path) with the
 ``default`` recipe and the OSNet identity checks, once per variant:
 
-- ``default``: view-matched targets (facing and torso aspect, :func:`posegen.augment.targets.pose_view`)
+- ``default``: view-matched targets (facing and torso aspect, :func:`posegen.pose.keypoints.pose_view`)
   whose pose placed on the source person is within OKS [0.5, 0.8) of the source's,
   plausible sources and targets only (:mod:`posegen.pose.plausibility`), targets aligned onto the
   source person;

@@ -16,7 +16,7 @@
 2. **View matching**: over the CUHK03 val poses that are usable and plausible, each one as a source
    gets ``--k`` targets from other identities with :func:`posegen.augment.targets.choose_targets`,
    with ``match_view`` off and on; reported: the share of (source, target) pairs with the same
-   facing (:func:`posegen.augment.targets.pose_view`) and the mean torso-aspect gap.
+   facing (:func:`posegen.pose.keypoints.pose_view`) and the mean torso-aspect gap.
 
 Prints the tables and writes ``benchmarks/results/pose_plausibility.md`` and ``.json`` (with the
 command and commit). Usage::

@@ -60,7 +60,7 @@ def choose_targets(
     ``k`` at all, plausible targets are drawn again (with replacement, seeded).
 
     With ``match_view``, the same seeded order is split (stably) in two: the candidates that match
-    the source's view come first — same facing (:func:`pose_view`: front, back or side) and a torso
+    the source's view come first — same facing (:func:`~posegen.pose.keypoints.pose_view`: front, back or side) and a torso
     aspect within ``view_tolerance`` of the source's (not checked when either aspect is unknown) —
     then the others; so the others are used only when fewer than ``k`` plausible candidates match.
     A source whose view is unknown (no shoulder or hip pair) keeps the plain order. The choice
@@ -85,7 +85,7 @@ def choose_targets(
             comes from its own ``keypoints`` or ``facing``/``aspect`` columns in ``sources`` when
             present, else from its row in ``bank`` (unknown when it is in neither).
         view_tolerance: largest ``|aspect(target) - aspect(source)|`` of a matching target.
-        min_score: joint confidence for :func:`pose_view` (``match_view`` only) and the OKS below.
+        min_score: joint confidence for :func:`~posegen.pose.keypoints.pose_view` (``match_view`` only) and the OKS below.
         pose_oks_range: ``(lo, hi)``: targets the warp can honour come first (after the view
             order): those whose pose, placed on the source person
             (:func:`posegen.repose.warp.align_pose`), has ``lo <= OKS(target, source pose) < hi``
