@@ -38,14 +38,21 @@ CUHK03 = SHARED / "data" / "cuhk03-detected" / "detected"
 OSNET = SHARED / "weights" / "osnet" / "osnet_x0_25_msmt17.onnx"
 
 
-def _augment(fraction: float, seeds: list[int], k: int, work: Path) -> tuple[Path, float, dict]:
-    """Run (or resume) the augment of CUHK03 train's ``fraction`` subset; returns (OUT, seconds, summary)."""
+def _augment(fraction: float, seeds: list[int], k: int, work: Path) -> tuple[Path, float | None, dict]:
+    """Run, resume or read the augment of CUHK03 train's ``fraction`` subset; returns (OUT, seconds
+    or None for an OUT finished earlier, summary)."""
     from posegen.augment import augment, summarize
     from posegen.pose.backends import get_backend
     from posegen.recipe import load_recipe
 
     out = work / f"augment-f{fraction:g}"
-    # a finished OUT is only resumed (seconds then measure the resume, not the generation)
+    if (out / "manifest.parquet").is_file() and (out / ".posegen" / "run.json").is_file():
+        # a finished OUT is read as it was made (its recipe and code may predate today's: its
+        # .posegen/run.json records them; resuming would refuse once the recipe gained a field)
+        import pandas as pd
+
+        return out, None, summarize(pd.read_parquet(out / "manifest.parquet"))
+    # an interrupted OUT is resumed (seconds then measure the rest, not the whole generation)
     t0 = time.perf_counter()
     with get_backend() as be:  # posegen's default backend, as augment uses it
         manifest = augment(
