@@ -11,8 +11,6 @@ Runs :func:`posegen.augment.augment` on the first ``--limit`` val images (sorted
 - ``no view matching``: ``augment.match_view: false``;
 - ``no pose-distance preference``: ``augment.target_pose_oks: null`` (targets are not preferred by
   their OKS to the source pose once placed on the source person);
-- ``no joints-in-source preference``: ``augment.target_joints_in_source: false`` (targets showing a
-  body joint the source lacks are not put last);
 - ``no plausibility``: ``augment.plausible_only: false``;
 - ``no alignment``: ``augment.align_targets: false``.
 
@@ -47,7 +45,6 @@ VARIANTS = {
     "default": {},
     "no view matching": {"match_view": False},
     "no pose-distance preference": {"target_pose_oks": None},
-    "no joints-in-source preference": {"target_joints_in_source": False},
     "no plausibility check": {"plausible_only": False},
     "no alignment onto the source": {"align_targets": False},
 }

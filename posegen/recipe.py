@@ -292,9 +292,6 @@ class AugmentConfig(_Strict):
     target_pose_oks: tuple[float, float] | None = Field(
         None, description="(lo, hi): prefer targets whose pose, placed on the source, has lo <= OKS(target, source) < hi"
     )
-    target_joints_in_source: bool = Field(
-        False, description="prefer targets that show no body joint (shoulders to ankles) the source's pose lacks"
-    )
     plausible_only: bool = Field(
         False, description="sources and targets must pass posegen.pose.plausibility (upright-crop geometry)"
     )

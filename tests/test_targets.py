@@ -204,37 +204,3 @@ def test_pose_distance_prefers_targets_the_warp_can_honour():
     assert again.equals(t)
     with pytest.raises(ValueError, match="keypoints"):
         choose_targets(sources.drop(columns="keypoints"), bank, k=1, seed=0, pose_oks_range=(0.65, 0.8))
-
-
-def test_targets_showing_a_joint_the_source_lacks_come_last():
-    """With ``joints_in_source``, a target showing a body joint the source lacks (here: ankles, for
-    a source crop cut at the shins) is used only after the targets that show none; face joints do
-    not count; alone or together with ``pose_oks_range``."""
-    import pandas as pd
-
-    from conftest import standing_pose
-    from posegen.augment.targets import choose_targets
-
-    src = standing_pose()
-    src[15:17, 2] = 0.0  # no ankles
-    full = standing_pose(noise=3.0, seed=1)
-    cut = full.copy()
-    cut[15:17, 2] = 0.0
-    cut[3:5, 2] = 1.0  # ears the source shows too; a face joint never counts anyway
-    bank = pd.DataFrame({
-        "path": [f"b{i}.jpg" for i in range(6)], "pid": [1, 2, 3, 4, 5, 6],
-        "keypoints": [full, full, full, full, full, cut],
-    })  # fmt: skip
-    sources = pd.DataFrame({"path": ["s.jpg"], "pid": [0], "keypoints": [src]})
-    # a seed whose plain order does not draw it first
-    seed = next(s for s in range(50) if choose_targets(sources, bank, k=1, seed=s)["target"].iloc[0] != "b5.jpg")
-    for kw in ({}, {"pose_oks_range": (0.5, 0.999)}):
-        t = choose_targets(sources, bank, k=2, seed=seed, joints_in_source=True, **kw)
-        assert t["target"].iloc[0] == "b5.jpg", kw
-        assert t["target"].iloc[1] != "b5.jpg"  # the others follow in the seeded order
-    src_noface = src.copy()
-    src_noface[3:5, 2] = 0.0  # the source lacks its ears: the target's ears do not matter
-    t = choose_targets(sources.assign(keypoints=[src_noface]), bank, k=1, seed=seed, joints_in_source=True)
-    assert t["target"].tolist() == ["b5.jpg"]
-    with pytest.raises(ValueError, match="keypoints"):
-        choose_targets(sources.drop(columns="keypoints"), bank, k=1, seed=0, joints_in_source=True)

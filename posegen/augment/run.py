@@ -669,14 +669,13 @@ def augment(
     bank = manifest[manifest["path"].isin(usable_paths)].copy()
     energy, max_energy = _prior_energies(np.stack(pose_of.loc[bank["path"], "keypoints"].to_list()) if len(bank) else np.zeros((0, 17, 3)), recipe)
     bank["prior_energy"] = energy
-    if recipe.augment.match_view or recipe.augment.target_pose_oks is not None or recipe.augment.target_joints_in_source:
+    if recipe.augment.match_view or recipe.augment.target_pose_oks is not None:
         bank["keypoints"] = pose_of.loc[bank["path"], "keypoints"].to_list()
         sources = sources.assign(keypoints=pose_of.loc[sources["path"], "keypoints"].to_list())
     tasks = choose_targets(
         sources, bank, k=k, seed=seed, other_pids=recipe.augment.target_from_other_pids, max_energy=max_energy,
         match_view=recipe.augment.match_view, view_tolerance=recipe.augment.view_tolerance,
         min_score=recipe.pose.min_score, pose_oks_range=recipe.augment.target_pose_oks,
-        joints_in_source=recipe.augment.target_joints_in_source,
     )  # fmt: skip
 
     # identity references: every source, and the source pids' real train images of DIR

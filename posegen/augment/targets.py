@@ -46,7 +46,6 @@ def choose_targets(
     view_tolerance: float = DEFAULT_VIEW_TOLERANCE,
     min_score: float = 0.5,
     pose_oks_range: tuple[float, float] | None = None,
-    joints_in_source: bool = False,
     max_pose_checks: int = 200,
 ) -> pd.DataFrame:
     """Draw ``k`` target poses for every source image, skipping implausible ones.
@@ -93,14 +92,6 @@ def choose_targets(
             (another frame of the same walk, not the same pose). Needs ``keypoints`` in ``sources``
             and ``bank`` (COCO-17, pixels of each image). Only the first ``max_pose_checks``
             candidates of a source's order are tested; the rest follow them unchanged.
-        joints_in_source: targets that show no body joint (shoulders to ankles, COCO-17 5-16,
-            ``score >= min_score``) the source's pose lacks come first, together with
-            ``pose_oks_range`` when both are set (a candidate must pass both). The warp can only
-            move parts the source shows: a target's knee or ankle that the source lacks (a crop cut
-            at the thighs, a leg the detector missed) becomes a filled, smeared region. On the
-            README main job's 480 outputs (commit a241c44) the 221 whose target showed such a joint
-            were kept at 48 %, the 255 others at 70 %. Needs ``keypoints`` as ``pose_oks_range``
-            does; tested on the same first ``max_pose_checks`` candidates.
 
     Returns:
         DataFrame :data:`TARGET_COLUMNS`: ``source, k, target, seed, prior_energy, reason`` with
@@ -134,9 +125,9 @@ def choose_targets(
                 np.where(inb, b_aspect[at], np.nan),
             )
         s_facing, s_known, s_aspect = src_view
-    if pose_oks_range is not None or joints_in_source:
+    if pose_oks_range is not None:
         if "keypoints" not in bank.columns or "keypoints" not in sources.columns:
-            raise ValueError("pose_oks_range and joints_in_source need a 'keypoints' column in sources and bank")
+            raise ValueError("pose_oks_range needs a 'keypoints' column in sources and bank")
         bank_kp = bank["keypoints"].to_list()
     rows = []
     for i_src, (src, pid) in enumerate(zip(sources["path"], sources["pid"])):
@@ -153,9 +144,9 @@ def choose_targets(
             gap = np.abs(b_aspect[order] - s_aspect[i_src])
             same &= ~(gap > view_tolerance)  # NaN (unknown aspect) does not count against
             order = np.concatenate([order[same], order[~same]])
-        if pose_oks_range is not None or joints_in_source:
-            order = _by_warpability(order, sources["keypoints"].iloc[i_src], bank_kp, pose_oks_range, joints_in_source,
-                                    plausible, k, max_pose_checks, min_score)  # fmt: skip
+        if pose_oks_range is not None:
+            order = _by_pose_distance(order, sources["keypoints"].iloc[i_src], bank_kp, pose_oks_range,
+                                      plausible, k, max_pose_checks, min_score)  # fmt: skip
         good = order[plausible[order]]
         picks: list[tuple[int, str]] = [(int(t), "") for t in good[:k]]
         if len(picks) < k:
@@ -171,33 +162,23 @@ def choose_targets(
     return pd.DataFrame(rows, columns=TARGET_COLUMNS)
 
 
-#: COCO-17 body joints (shoulders to ankles) checked by ``joints_in_source``.
-_BODY_JOINTS = slice(5, 17)
-
-
-def _by_warpability(order, source_kp, bank_kp, oks_range, joints_in_source, plausible, k, max_checks, min_score) -> np.ndarray:
-    """``order`` with the candidates the warp can honour first (stable; only the first
-    ``max_checks`` plausible candidates are tested): the aligned pose within ``oks_range`` of the
-    source's (when given) and, with ``joints_in_source``, no body joint the source lacks."""
+def _by_pose_distance(order, source_kp, bank_kp, oks_range, plausible, k, max_checks, min_score) -> np.ndarray:
+    """``order`` with the candidates whose aligned pose is within ``oks_range`` of the source's
+    first (stable; only the first ``max_checks`` plausible candidates are tested)."""
     from ..metrics import oks
     from ..repose.warp import align_pose
 
+    lo, hi = oks_range
     src = np.asarray(source_kp, dtype=np.float32).reshape(17, 3)
-    src_has = src[_BODY_JOINTS, 2] >= min_score
     head = order[:max_checks]
     ok = np.zeros(len(head), dtype=bool)
     found = 0
     for j, t in enumerate(head):
         if not plausible[t]:
             continue
-        kp = np.asarray(bank_kp[t], dtype=np.float32).reshape(17, 3)
-        if joints_in_source and ((kp[_BODY_JOINTS, 2] >= min_score) & ~src_has).any():
-            continue
-        if oks_range is not None:
-            v = oks(align_pose(kp, src, min_score=min_score), src, min_score=min_score)
-            ok[j] = oks_range[0] <= v < oks_range[1]
-        else:
-            ok[j] = True
+        tgt = align_pose(np.asarray(bank_kp[t], dtype=np.float32).reshape(17, 3), src, min_score=min_score)
+        v = oks(tgt, src, min_score=min_score)
+        ok[j] = lo <= v < hi
         found += int(ok[j])
         if found >= k:
             break
