@@ -270,3 +270,34 @@ def test_summary_groups_rejections_by_kind():
     }  # fmt: skip
     assert s["kept"] == 1 and s["rejected"] == 5
     assert reason_kind("near-copy of source (SSIM >= 0.7)") == "near-copy of source (SSIM >= 0.7)"
+
+
+def test_resume_survives_a_recipe_field_added_since(tmp_path):
+    """A run record written before a recipe field existed resumes when today's recipe keeps that
+    field at its default (the earlier behaviour); a changed setting, or the new field set otherwise,
+    still refuses."""
+    from posegen.augment.run import _prepare_out
+
+    settings = {"root": "DIR", "seed": 0, "recipe": load_recipe("default").model_dump(mode="json")}
+    out = tmp_path / "out"
+    (out / ".posegen").mkdir(parents=True)
+    (out / "0001_00.jpg").write_bytes(b"kept output")
+
+    def record(drop: str) -> None:
+        old = json.loads(json.dumps(settings))
+        del old["recipe"]["augment"][drop]  # as a posegen without that field wrote it
+        (out / ".posegen" / "run.json").write_text(json.dumps(old))
+
+    record("view_tolerance")  # the default recipe keeps it at the field's default
+    _prepare_out(out, settings, resume=True, overwrite=False)
+    record("plausible_only")  # the default recipe sets it otherwise than the field's default
+    with pytest.raises(OutputDirError, match=r"settings differ.*recipe"):
+        _prepare_out(out, settings, resume=True, overwrite=False)
+    record("view_tolerance")
+    changed = json.loads(json.dumps(settings))
+    changed["recipe"]["augment"]["k"] = 7
+    with pytest.raises(OutputDirError, match=r"settings differ.*recipe"):
+        _prepare_out(out, changed, resume=True, overwrite=False)
+    (out / ".posegen" / "run.json").write_text(json.dumps({**settings, "recipe": {"augment": {"no_such_field": 1}}}))
+    with pytest.raises(OutputDirError, match=r"settings differ.*recipe"):
+        _prepare_out(out, settings, resume=True, overwrite=False)

@@ -242,6 +242,24 @@ def _remove_own_output(out: Path) -> None:
             pass  # not empty: it holds files posegen did not write
 
 
+def _upgraded_settings(before: dict) -> dict:
+    """A run record as today's posegen would write it for the same recipe: its ``recipe`` dump is
+    read through today's :class:`~posegen.recipe.Recipe`, so a field added to the recipe since the
+    run started takes its default and does not count as a changed setting on resume. A new field's
+    default keeps the earlier behaviour (the rule every recipe field follows), and a recipe that
+    sets it otherwise (a resumed run's ``--recipe`` YAML naming the new field) still differs. A dump
+    today's model cannot read (a field removed or renamed) is left as it is, and so differs."""
+    from pydantic import ValidationError
+
+    saved = before.get("recipe")
+    if not isinstance(saved, dict):
+        return before
+    try:
+        return {**before, "recipe": Recipe.model_validate(saved).model_dump(mode="json")}
+    except ValidationError:
+        return before
+
+
 def _prepare_out(out: Path, settings: dict, resume: bool, overwrite: bool) -> None:
     run_json = out / STATE_DIR / "run.json"
     if out.exists() and any(out.iterdir()):
@@ -258,6 +276,7 @@ def _prepare_out(out: Path, settings: dict, resume: bool, overwrite: bool) -> No
             before = _read_run_json(run_json)
             if before is None:
                 raise OutputDirError(f"cannot resume: {run_json} not found or unreadable")
+            before = _upgraded_settings(before)
             diff = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
             if diff:
                 raise OutputDirError(
