@@ -19,7 +19,9 @@ Every model change is judged by this table. Protocol:
 - **Baseline**: "output = source image" (the source resized to the model's resolution), scored the
   same way, so that the numbers mean something.
 
-Prints a table and writes ``benchmarks/results/repose_quality[-TAG].{json,md}`` with the command and
+Latent-model results also split every row by the change of facing between source and target
+(:func:`by_facing`: opposite, side, same). Prints a table and writes
+``benchmarks/results/repose_quality[-TAG].{json,md}`` with the command and
 commit. Usage::
 
     .venv/bin/python benchmarks/repose_quality.py MODEL [--pairs 200] [--steps 10 20] [--tag NAME]
@@ -207,6 +209,18 @@ def generate(pipe, scorer: Scorer, steps: int, batch_size: int, seed: int, **gui
         )  # fmt: skip
     dt = time.perf_counter() - t0
     return np.concatenate(outs), n / dt
+
+
+def by_facing(df: pd.DataFrame, source_kp: np.ndarray, target_kp: np.ndarray) -> dict:
+    """Per-pair metrics split by the change of facing (:func:`posegen.pose.keypoints.pose_view` of
+    the source and target poses): ``opposite`` (front onto back or the reverse), ``side`` (either
+    side-on or unknown), ``same``; each ``{"pairs", "oks", "identity", "ssim"}`` (means)."""
+    from posegen.pose.keypoints import pose_view
+
+    fs, ft = pose_view(source_kp)["facing"].astype(int), pose_view(target_kp)["facing"].astype(int)
+    cat = np.where(fs * ft == -1, "opposite", np.where((fs == 0) | (ft == 0), "side", "same"))
+    return {c: {"pairs": int((cat == c).sum()), **{m: float(df.loc[cat == c, m].mean()) for m in ("oks", "identity", "ssim")}}
+            for c in ("opposite", "side", "same") if (cat == c).any()}  # fmt: skip
 
 
 def summarise(df: pd.DataFrame) -> dict:
@@ -537,9 +551,13 @@ def evaluate_latent(model_dir, pair_sets: dict, poses, recipe, backend, *, stren
         root, set_poses, compare_hw = (data or {}).get(name, (CUHK03_VAL, poses, FRAME))
         scorer = FrameScorer(backend, embedder, pairs, set_poses, recipe, root, compare_hw)
         rows = []
+        def summary(outs, used) -> dict:
+            df = scorer.score(outs, used)
+            return {**summarise(df), "by_facing": by_facing(df, scorer.src_kp, scorer.tgt_kp)}
+
         for kind, label in BASELINES if baselines else ():
             outs, used = warp_baseline(scorer, kind, pipe.autoencoder)
-            rows.append({"model": label, "steps": 0, "images_per_s": float("nan"), **summarise(scorer.score(outs, used))})
+            rows.append({"model": label, "steps": 0, "images_per_s": float("nan"), **summary(outs, used)})
         for st in strengths:
             for start in starts:
                 for ro in repair_modes:
@@ -547,7 +565,7 @@ def evaluate_latent(model_dir, pair_sets: dict, poses, recipe, backend, *, stren
                                                        seed=seed, start=start, repair_only=ro)  # fmt: skip
                     mode = "repair only" if ro else "whole image"
                     rows.append({"model": f"model, strength {st}, start={start}, {mode}", "steps": steps,
-                                 "images_per_s": rate, **summarise(scorer.score(outs, used))})  # fmt: skip
+                                 "images_per_s": rate, **summary(outs, used)})  # fmt: skip
         out[name] = rows
         Console(width=160).print(render_table(rows, f"{name}: {len(pairs)} pairs"))
     return out
@@ -600,6 +618,13 @@ def main_latent(args) -> None:
         for r in rows:
             if r["rejected_by_reason"]:
                 md.append(f"- {r['model']}: rejected by reason {r['rejected_by_reason']}")
+        md.append("")
+        md.append("By change of facing (pose_view of source and target: opposite = front onto back or the reverse), "
+                  "pairs: OKS / identity / SSIM")  # fmt: skip
+        md.append("")
+        for r in rows:
+            parts = [f"{c} {v['pairs']}: {v['oks']:.3f} / {v['identity']:.3f} / {v['ssim']:.3f}" for c, v in r.get("by_facing", {}).items()]
+            md.append(f"- {r['model']}: " + "; ".join(parts))
         md.append("")
     atomic_write_text(RESULTS / f"repose_quality{suffix}.md", "\n".join(md) + "\n")
 
