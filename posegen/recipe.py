@@ -267,6 +267,14 @@ class FilterConfig(_Strict):
         "(ghost limbs; predicted from the two poses, posegen.filter.artifacts), above which the output is rejected; "
         "None = off",
     )
+    max_invented_fraction: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="share of the frame the default model's warp has no source pixel for (a blurred fill: grey "
+        "blobs, smeared legs; predicted from the source image and the two poses, posegen.filter.artifacts), above "
+        "which the output is rejected; None = off",
+    )
 
 
 class AugmentConfig(_Strict):

@@ -130,6 +130,36 @@ def test_foreign_fraction_flags_a_warp_that_copies_an_arm_onto_the_torso():
     assert df.loc[0, "reason"] == "no person found in output" and df.loc[0, "foreign_fraction"] > 0.04
 
 
+def test_invented_fraction_grows_with_the_background_the_warp_must_invent():
+    """Source: the standing person. A target shifted sideways by a third of the image leaves the
+    source's place to the fill: a large invented share; the pose onto itself invents little. The
+    keypoint-only prediction augment uses to choose targets agrees with the exact value."""
+    import torch
+
+    from posegen.filter.artifacts import invented_fraction
+    from posegen.latent import letterbox_params, to_frame_keypoints
+    from posegen.repose.latent import FRAME_HW, predicted_repair_share
+
+    source, kp = _person(0), standing_pose()
+    moved = kp.copy()
+    moved[:, 0] += 22.0
+    same, shifted = invented_fraction(source, kp, kp), invented_fraction(source, kp, moved)
+    assert same < 0.1 and shifted > 0.2 and shifted > 2 * same, (same, shifted)
+    assert math.isnan(invented_fraction(source, kp, empty_keypoints()))
+    box = letterbox_params((64, 128), FRAME_HW)
+    inside = torch.from_numpy(np.ascontiguousarray(box.inside_mask()))[None, None]
+    for t_kp, exact in ((kp, same), (moved, shifted)):
+        pred = predicted_repair_share(torch.from_numpy(to_frame_keypoints(kp, box))[None],
+                                      torch.from_numpy(to_frame_keypoints(t_kp, box))[None], inside)  # fmt: skip
+        assert abs(float(pred[0]) - exact) < 0.03, (float(pred[0]), exact)
+    # the filter check: switched on by max_invented_fraction, after the copied-parts check
+    on = FilterConfig(max_invented_fraction=0.2)
+    df = filter_batch([_person(1)], [source], kp[None], moved[None], on, _FixedPose(None))
+    assert df.loc[0, "reason"] == "invented background (invented fraction > 0.2)", df.loc[0, "reason"]
+    df = filter_batch([_person(1)], [source], kp[None], moved[None], FilterConfig(), _FixedPose(None))
+    assert df.loc[0, "reason"] == "no person found in output" and df.loc[0, "invented_fraction"] > 0.2
+
+
 def test_old_recipes_stay_valid():
     cfg = FilterConfig.model_validate({"min_oks": 0.4, "min_std": 0.01})
     assert cfg.max_hole_fraction is not None and cfg.min_sharpness_ratio is not None and cfg.max_seam_fraction is None

@@ -204,3 +204,13 @@ def test_pose_distance_prefers_targets_the_warp_can_honour():
     assert again.equals(t)
     with pytest.raises(ValueError, match="keypoints"):
         choose_targets(sources.drop(columns="keypoints"), bank, k=1, seed=0, pose_oks_range=(0.65, 0.8))
+    # honour: a candidate in the band that fails the extra test goes after the ones that pass
+    calls = []
+
+    def refuse_all(path, s_kp, t_kp):
+        calls.append((path, s_kp.shape, t_kp.shape))
+        return False
+
+    t = choose_targets(sources, bank, k=1, seed=0, pose_oks_range=(0.65, 0.8), honour=refuse_all)
+    assert calls and calls[0] == ("s.jpg", (17, 3), (17, 3))
+    assert t["target"].tolist() != ["b4.jpg"] and t["reason"].tolist() == [""]  # the plain order then

@@ -38,7 +38,7 @@ Output conventions
   ``identity_sim_others`` (mean cosine to the pid's other real train images of DIR),
   ``source_ssim`` (SSIM to the source at the model's resolution), ``source_pose_oks``
   (OKS(source pose, target pose) at the model's resolution), ``hole_fraction``,
-  ``seam_fraction``, ``sharpness_ratio``, ``foreign_fraction`` (image-artifact scores,
+  ``seam_fraction``, ``sharpness_ratio``, ``foreign_fraction``, ``invented_fraction`` (image-artifact scores,
   :mod:`posegen.filter.artifacts`),
   ``prior_energy`` (the target pose's prior energy) — NaN when not computed (real images, identity checks without re-ID weights),
   then ``kept``, ``reason``, ``width``, ``height`` (pixels of the written image).
@@ -96,7 +96,7 @@ from .targets import choose_targets
 
 __all__ = [
     "augment", "synthetic_name", "summarize", "encode_image", "OutputDirError", "MANIFEST_COLUMNS",
-    "SCORE_COLUMNS", "NO_REID_NOTE", "STATE_DIR", "SOURCE_MAX_SIDE", "INPUT_REJECTED", "written_files", "shard_of",
+    "SCORE_COLUMNS", "with_score_columns", "NO_REID_NOTE", "STATE_DIR", "SOURCE_MAX_SIDE", "INPUT_REJECTED", "written_files", "shard_of",
 ]  # fmt: skip
 
 STATE_DIR = ".posegen"
@@ -117,15 +117,45 @@ _TMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
 MANIFEST_COLUMNS = [
     "path", "pid", "camid", "split", "synthetic", "source", "k", "target_pose_source", "seed",
     "oks", "pck", "std", "n_keypoints", "identity_sim", "identity_sim_others", "source_ssim",
-    "source_pose_oks", "hole_fraction", "seam_fraction", "sharpness_ratio", "foreign_fraction", "prior_energy",
+    "source_pose_oks", "hole_fraction", "seam_fraction", "sharpness_ratio", "foreign_fraction", "invented_fraction", "prior_energy",
     "kept", "reason", "width", "height",
 ]  # fmt: skip
 
 #: Score columns of the manifest (NaN when not computed).
 SCORE_COLUMNS = [
     "oks", "pck", "std", "identity_sim", "identity_sim_others", "source_ssim", "source_pose_oks",
-    "hole_fraction", "seam_fraction", "sharpness_ratio", "foreign_fraction", "prior_energy",
+    "hole_fraction", "seam_fraction", "sharpness_ratio", "foreign_fraction", "invented_fraction", "prior_energy",
 ]  # fmt: skip
+
+def _invented_check(recipe: Recipe, pose_of: pd.DataFrame):
+    """The target test of :func:`choose_targets` (``honour``) for the default model: the warp's
+    predicted invented share (:func:`posegen.repose.latent.predicted_repair_share`, the source in
+    its 256x128 letterbox frame) at most the filter's ``max_invented_fraction``, so that targets
+    the filter would reject for it are not drawn. None when that check is off."""
+    t = recipe.filter.max_invented_fraction
+    if t is None:
+        return None
+    import torch
+
+    from ..latent import letterbox_params, to_frame_keypoints
+    from ..repose.latent import FRAME_HW, predicted_repair_share
+
+    def honour(src: str, source_kp: np.ndarray, target_kp: np.ndarray) -> bool:
+        box = letterbox_params((int(pose_of.loc[src, "width"]), int(pose_of.loc[src, "height"])), FRAME_HW)
+        skp = torch.from_numpy(to_frame_keypoints(np.asarray(source_kp, np.float32), box))[None]
+        tkp = torch.from_numpy(to_frame_keypoints(np.asarray(target_kp, np.float32), box))[None]
+        inside = torch.from_numpy(np.ascontiguousarray(box.inside_mask()))[None, None]
+        return float(predicted_repair_share(skp, tkp, inside, recipe.pose.min_score)[0]) <= t
+
+    return honour
+
+
+def with_score_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with every :data:`SCORE_COLUMNS` column it lacks added as NaN (a manifest or part file
+    written before that score existed: ``augment --resume`` and ``posegen filter`` read it)."""
+    missing = [c for c in SCORE_COLUMNS if c not in df.columns]
+    return df.assign(**{c: np.nan for c in missing}) if missing else df
+
 
 #: Note recorded in run.json (and printed by the CLI) when the identity checks are skipped.
 NO_REID_NOTE = (
@@ -695,6 +725,7 @@ def augment(
         sources, bank, k=k, seed=seed, other_pids=recipe.augment.target_from_other_pids, max_energy=max_energy,
         match_view=recipe.augment.match_view, view_tolerance=recipe.augment.view_tolerance,
         min_score=recipe.pose.min_score, pose_oks_range=recipe.augment.target_pose_oks,
+        honour=_invented_check(recipe, pose_of) if latent_model else None,
     )  # fmt: skip
 
     # identity references: every source, and the source pids' real train images of DIR
@@ -740,7 +771,7 @@ def augment(
 
     # 8. the output manifest: real images, synthetic images (kept and rejected), unusable sources
     part_files = sorted(parts_dir.glob("part-*.parquet"))
-    synthetic = pd.concat([pd.read_parquet(p) for p in part_files], ignore_index=True) if part_files else None
+    synthetic = pd.concat([with_score_columns(pd.read_parquet(p)) for p in part_files], ignore_index=True) if part_files else None
     real = _real_rows(manifest, pose_of, bad_inputs)
     skipped = manifest[is_source & ~manifest["path"].isin(usable_paths) & ~manifest["path"].isin(bad_inputs)]
     skipped_rows = [

@@ -47,6 +47,7 @@ def choose_targets(
     min_score: float = 0.5,
     pose_oks_range: tuple[float, float] | None = None,
     max_pose_checks: int = 200,
+    honour=None,
 ) -> pd.DataFrame:
     """Draw ``k`` target poses for every source image, skipping implausible ones.
 
@@ -92,6 +93,11 @@ def choose_targets(
             (another frame of the same walk, not the same pose). Needs ``keypoints`` in ``sources``
             and ``bank`` (COCO-17, pixels of each image). Only the first ``max_pose_checks``
             candidates of a source's order are tested; the rest follow them unchanged.
+        honour: with ``pose_oks_range``, one more test of a candidate in the OKS band, called as
+            ``honour(source path, source keypoints, placed target keypoints)`` (``float32 [17, 3]``
+            each, pixels of the source image) -> bool: False puts the candidate after the ones
+            that pass (``augment`` passes the default model's predicted invented share,
+            :func:`posegen.repose.latent.predicted_repair_share`). None: no such test.
 
     Returns:
         DataFrame :data:`TARGET_COLUMNS`: ``source, k, target, seed, prior_energy, reason`` with
@@ -145,8 +151,9 @@ def choose_targets(
             same &= ~(gap > view_tolerance)  # NaN (unknown aspect) does not count against
             order = np.concatenate([order[same], order[~same]])
         if pose_oks_range is not None:
+            check = None if honour is None else (lambda s_kp, t_kp, src=src: honour(src, s_kp, t_kp))
             order = _by_pose_distance(order, sources["keypoints"].iloc[i_src], bank_kp, pose_oks_range,
-                                      plausible, k, max_pose_checks, min_score)  # fmt: skip
+                                      plausible, k, max_pose_checks, min_score, check)  # fmt: skip
         good = order[plausible[order]]
         picks: list[tuple[int, str]] = [(int(t), "") for t in good[:k]]
         if len(picks) < k:
@@ -162,9 +169,10 @@ def choose_targets(
     return pd.DataFrame(rows, columns=TARGET_COLUMNS)
 
 
-def _by_pose_distance(order, source_kp, bank_kp, oks_range, plausible, k, max_checks, min_score) -> np.ndarray:
+def _by_pose_distance(order, source_kp, bank_kp, oks_range, plausible, k, max_checks, min_score, check=None) -> np.ndarray:
     """``order`` with the candidates whose aligned pose is within ``oks_range`` of the source's
-    first (stable; only the first ``max_checks`` plausible candidates are tested)."""
+    (and passes ``check(source_kp, aligned_kp)`` when given) first (stable; only the first
+    ``max_checks`` plausible candidates are tested)."""
     from ..metrics import oks
     from ..repose.warp import align_pose
 
@@ -178,7 +186,7 @@ def _by_pose_distance(order, source_kp, bank_kp, oks_range, plausible, k, max_ch
             continue
         tgt = align_pose(np.asarray(bank_kp[t], dtype=np.float32).reshape(17, 3), src, min_score=min_score)
         v = oks(tgt, src, min_score=min_score)
-        ok[j] = lo <= v < hi
+        ok[j] = lo <= v < hi and (check is None or bool(check(src, tgt)))
         found += int(ok[j])
         if found >= k:
             break

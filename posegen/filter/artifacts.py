@@ -47,6 +47,17 @@ Scores (:func:`artifact_scores`):
     Looked at on the 348 kept outputs of the README main job (commit 6af7beb): of the 20 with the
     highest fraction (>= 0.06) nearly all show a ghost limb or a smeared limb or bag; of 20 at
     0.000 nearly none.
+``invented_fraction``
+    predicted from the source image and the two poses: the share of the source's region of the
+    256x128 letterbox frame (:mod:`posegen.latent.frame`) that the default model's warp has no
+    source pixel for, the repair mask of :func:`posegen.repose.latent.warp_inputs` (the source's
+    moved body filled in from its surroundings where the warped body does not cover it, and body
+    pixels that would sample outside the source frame). On a tight street crop the background
+    behind the person is mostly unknown, so that fill is a smooth blur which the repair model
+    cannot texture: a large share shows as a grey blob or smeared legs. Looked at on the 285 kept
+    outputs of the README main job (commit 88264d5, ``runs/`` sheets sorted by this share): the 12
+    highest (0.27-0.42) nearly all show such a blob, the 12 lowest (0.00-0.05) none; from 0.20 on
+    most do, below 0.15 few.
 
 The thresholds (:class:`posegen.recipe.FilterConfig` ``max_hole_fraction``, ``max_seam_fraction``,
 ``min_sharpness_ratio``) come from ``benchmarks/filter_thresholds.py``
@@ -71,13 +82,14 @@ __all__ = [
     "hole_map",
     "artifact_scores",
     "foreign_fraction",
+    "invented_fraction",
     "luminance",
 ]
 
 #: Working frame ``(h, w)`` in which the artifact scores are computed.
 WORK_HW = (256, 128)
 #: Columns (score names) of :func:`artifact_scores`.
-ARTIFACT_COLUMNS = ("hole_fraction", "seam_fraction", "sharpness_ratio", "foreign_fraction")
+ARTIFACT_COLUMNS = ("hole_fraction", "seam_fraction", "sharpness_ratio", "foreign_fraction", "invented_fraction")
 #: A pixel whose every channel (0..255) is at most this is near-black.
 BLACK_LEVEL = 16
 #: A 5x5 window whose luminance range (0..255) is at most this is flat.
@@ -195,7 +207,7 @@ def artifact_scores(
         hw: working frame ``(h, w)``.
 
     Returns:
-        ``{"hole_fraction", "seam_fraction", "sharpness_ratio", "foreign_fraction"}`` (floats); all
+        ``{"hole_fraction", "seam_fraction", "sharpness_ratio", "foreign_fraction", "invented_fraction"}`` (floats); all
         NaN when either pose has fewer than 2 present joints (no person region), a ratio NaN when
         the source has no detail.
     """
@@ -223,7 +235,42 @@ def artifact_scores(
     elif den > 0:
         res["sharpness_ratio"] = 0.0
     res["foreign_fraction"] = foreign_fraction(s_kp, t_kp, hw, min_score=min_score)
+    t_src = scale_keypoints(np.asarray(target_keypoints, np.float32).reshape(17, 3), (out.shape[1], out.shape[0]), (src.shape[1], src.shape[0]))
+    res["invented_fraction"] = invented_fraction(src, source_keypoints, t_src, min_score=min_score)
     return res
+
+
+def invented_fraction(source: np.ndarray, source_keypoints: np.ndarray, target_keypoints: np.ndarray, *, min_score: float = 0.5) -> float:
+    """Share of the frame the default model's warp must invent (module docstring).
+
+    Args:
+        source: ``uint8 [h, w, 3]`` RGB source image (any size).
+        source_keypoints, target_keypoints: ``float [17, 3]`` COCO-17 ``(x, y, score)``, both in
+            pixels of ``source`` (x right, y down).
+        min_score: joint presence threshold.
+
+    Returns:
+        The mean of :func:`posegen.repose.latent.warp_inputs`' repair mask (``[0, 1]``) over the
+        source's region of the 256x128 letterbox frame, in ``[0, 1]``; NaN when either pose has
+        fewer than 2 present joints.
+    """
+    import torch
+
+    from ..latent import letterbox_params, to_frame_keypoints
+    from ..repose.latent import FRAME_HW, warp_inputs
+
+    sk = np.asarray(source_keypoints, np.float32).reshape(17, 3)
+    tk = np.asarray(target_keypoints, np.float32).reshape(17, 3)
+    if min((sk[:, 2] >= min_score).sum(), (tk[:, 2] >= min_score).sum()) < 2:
+        return float("nan")
+    src = np.asarray(source, dtype=np.uint8)
+    box = letterbox_params((src.shape[1], src.shape[0]), FRAME_HW)
+    x = torch.from_numpy(np.ascontiguousarray(box.image_to_frame(src))).permute(2, 0, 1)[None].float() / 255.0
+    inside = torch.from_numpy(np.ascontiguousarray(box.inside_mask()))[None, None].float()
+    skp = torch.from_numpy(to_frame_keypoints(sk, box))[None]
+    tkp = torch.from_numpy(to_frame_keypoints(tk, box))[None]
+    _, repair = warp_inputs(x, skp, tkp, min_score, return_repair=True, inside=inside, upscale=box.scale[0])
+    return float(repair[inside >= 0.5].mean())
 
 
 def foreign_fraction(source_keypoints: np.ndarray, target_keypoints: np.ndarray, hw: tuple[int, int] = WORK_HW, *, min_score: float = 0.5) -> float:

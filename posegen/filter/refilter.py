@@ -79,7 +79,7 @@ def refilter(
             missing (the message names the path).
     """
     from ..augment.run import (
-        MANIFEST_COLUMNS, NO_REID_NOTE, SCORE_COLUMNS, STATE_DIR, _decode, _identity_reference,
+        MANIFEST_COLUMNS, NO_REID_NOTE, SCORE_COLUMNS, STATE_DIR, _decode, _identity_reference, with_score_columns,
         _prior_energies, _Scorer, synthetic_name,
     )  # fmt: skip
     from ..data import load_dataset
@@ -97,7 +97,8 @@ def refilter(
     recipe = recipe if recipe is not None else Recipe.model_validate(settings["recipe"])
     reid = reid_weights if reid_weights is not None else (recipe.filter.reid_weights or settings.get("reid_weights"))
     embedder = load_embedder(reid)
-    manifest = pd.read_parquet(out / "manifest.parquet")
+    # an OUT written before a score column existed: the column is added (NaN) and filled by the rescore
+    manifest = with_score_columns(pd.read_parquet(out / "manifest.parquet"))
     poses = read_poses(state / "poses.parquet")
     pose_of = poses.set_index("path")
 
@@ -174,7 +175,7 @@ def refilter(
     # the part files (what augment --resume rebuilds the manifest from) agree with the new decisions
     by_key = new[syn].set_index(["source", "k"])
     for part in sorted((state / "parts").glob("part-*.parquet")):
-        df = pd.read_parquet(part)
+        df = with_score_columns(pd.read_parquet(part))
         keys = list(zip(df["source"], df["k"]))
         upd = by_key.loc[keys].reset_index()[MANIFEST_COLUMNS]
         if not upd.equals(df[MANIFEST_COLUMNS]):

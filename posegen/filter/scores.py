@@ -14,7 +14,10 @@ first failing check in this order (the order is part of the contract: reports an
    relative to the source's, below ``min_sharpness_ratio``;
 5b. ``"copied body parts (foreign-part fraction > t)"`` — the share of the target's body whose limb
    warp samples another body part of the source (ghost limbs), above ``max_foreign_fraction``
-   (None = off; predicted from the two poses).
+   (None = off; predicted from the two poses);
+5c. ``"invented background (invented fraction > t)"`` — the share of the frame the default model's
+   warp has no source pixel for (a blurred fill that shows as a grey blob or smeared legs), above
+   ``max_invented_fraction`` (None = off; predicted from the source image and the two poses).
    The artifact checks (:mod:`posegen.filter.artifacts`, computed at 256x128) need the source
    image and both poses with >= 2 present joints; otherwise their scores are NaN and they are not
    applied. They come before the pose checks because a torn image often also fails those, and
@@ -100,6 +103,7 @@ REASON_ORDER = (
     "torn seams",
     "smeared output",
     "copied body parts",
+    "invented background",
     "target pose empty",
     "near-copy of source",
     "no person found in output",
@@ -111,8 +115,8 @@ REASON_ORDER = (
 #: Columns of :func:`filter_batch`'s result (all scores, then the decision).
 FILTER_COLUMNS = [
     "oks", "pck", "std", "n_keypoints", "identity_sim", "identity_sim_others", "source_ssim",
-    "source_pose_oks", "hole_fraction", "seam_fraction", "sharpness_ratio", "foreign_fraction", "prior_energy",
-    "kept", "reason",
+    "source_pose_oks", "hole_fraction", "seam_fraction", "sharpness_ratio", "foreign_fraction", "invented_fraction",
+    "prior_energy", "kept", "reason",
 ]  # fmt: skip
 
 #: PCK stored with every output: PCKh@0.5 (head-box reference, as PATN / PIDM report it).
@@ -137,7 +141,7 @@ class FilterScores:
         identity_sim_others: mean cosine to the identity's other real images.
         source_ssim: SSIM(output, source) in the comparison frame.
         source_pose_oks: OKS(source pose, target pose) in the comparison frame.
-        hole_fraction, seam_fraction, sharpness_ratio, foreign_fraction: image-artifact scores
+        hole_fraction, seam_fraction, sharpness_ratio, foreign_fraction, invented_fraction: image-artifact scores
             against the source (:mod:`posegen.filter.artifacts`).
         prior_energy: the target pose's prior energy (stored only; decided before generation).
     """
@@ -157,6 +161,7 @@ class FilterScores:
     seam_fraction: float = _NAN
     sharpness_ratio: float = _NAN
     foreign_fraction: float = _NAN
+    invented_fraction: float = _NAN
     prior_energy: float = _NAN
 
 
@@ -186,6 +191,9 @@ def _artifact_reason(s: dict, cfg) -> str:
     t = getattr(cfg, "max_foreign_fraction", None)
     if t is not None and np.isfinite(s["foreign_fraction"]) and s["foreign_fraction"] > t:
         return f"copied body parts (foreign-part fraction > {t:g})"
+    t = getattr(cfg, "max_invented_fraction", None)
+    if t is not None and np.isfinite(s["invented_fraction"]) and s["invented_fraction"] > t:
+        return f"invented background (invented fraction > {t:g})"
     return ""
 
 
@@ -285,7 +293,7 @@ def filter_batch(
         f = _as_float01(img)
         row = dict(
             oks=_NAN, pck=_NAN, std=_NAN, n_keypoints=-1, identity_sim=_NAN, identity_sim_others=_NAN,
-            source_ssim=_NAN, source_pose_oks=_NAN, hole_fraction=_NAN, seam_fraction=_NAN, sharpness_ratio=_NAN, foreign_fraction=_NAN, prior_energy=float(energies[i]), kept=False, reason="",
+            source_ssim=_NAN, source_pose_oks=_NAN, hole_fraction=_NAN, seam_fraction=_NAN, sharpness_ratio=_NAN, foreign_fraction=_NAN, invented_fraction=_NAN, prior_energy=float(energies[i]), kept=False, reason="",
             keypoints=empty_keypoints(),
         )  # fmt: skip
         rows.append(row)
@@ -411,7 +419,7 @@ def score_output(
         source_ssim=float(r["source_ssim"]), source_pose_oks=float(r["source_pose_oks"]),
         hole_fraction=float(r["hole_fraction"]), seam_fraction=float(r["seam_fraction"]),
         sharpness_ratio=float(r["sharpness_ratio"]), foreign_fraction=float(r["foreign_fraction"]),
-        prior_energy=float(r["prior_energy"]),
+        invented_fraction=float(r["invented_fraction"]), prior_energy=float(r["prior_energy"]),
     )  # fmt: skip
 
 
