@@ -127,6 +127,7 @@ SCORE_COLUMNS = [
     "hole_fraction", "seam_fraction", "sharpness_ratio", "foreign_fraction", "invented_fraction", "prior_energy",
 ]  # fmt: skip
 
+
 def _invented_check(recipe: Recipe, pose_of: pd.DataFrame):
     """The target test of :func:`choose_targets` (``honour``) for the default model: the warp's
     predicted invented share (:func:`posegen.repose.latent.predicted_repair_share`, the source in
