@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import pandas as pd
 
@@ -47,7 +49,7 @@ def choose_targets(
     min_score: float = 0.5,
     pose_oks_range: tuple[float, float] | None = None,
     max_pose_checks: int = 200,
-    honour=None,
+    honour: Callable[[str, np.ndarray, np.ndarray], bool] | None = None,
 ) -> pd.DataFrame:
     """Draw ``k`` target poses for every source image, skipping implausible ones.
 

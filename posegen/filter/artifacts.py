@@ -253,6 +253,9 @@ def invented_fraction(source: np.ndarray, source_keypoints: np.ndarray, target_k
         The mean of :func:`posegen.repose.latent.warp_inputs`' repair mask (``[0, 1]``) over the
         source's region of the 256x128 letterbox frame, in ``[0, 1]``; NaN when either pose has
         fewer than 2 present joints.
+
+    Raises:
+        ValueError: keypoints that are not 17 ``(x, y, score)`` rows.
     """
     import torch
 

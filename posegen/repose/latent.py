@@ -197,10 +197,7 @@ def warp_inputs(source_images: torch.Tensor, source_kp, target_kp, min_score: fl
     fill = F.interpolate(fill, size=FRAME_HW, mode="bilinear", align_corners=False)
     # a plain backdrop is filled right by the interpolation, and the repair model (trained on street
     # scenes) would paint texture and a halo into it: only a textured background is repaired
-    removed = fill * (1.0 - body) * (~plain).float()[:, None, None, None]
-    repair = (removed + wanted * (1.0 - in_frame)).clamp(0.0, 1.0)
-    repair = F.max_pool2d(repair, 5, stride=1, padding=2)  # a seam band around the region
-    return out, F.avg_pool2d(repair, 5, stride=1, padding=2, count_include_pad=False)
+    return out, _repair_mask(fill * (~plain).float()[:, None, None, None], wanted, in_frame, 5)
 
 
 def predicted_repair_share(source_kp, target_kp, inside: torch.Tensor | None = None, min_score: float = 0.5) -> torch.Tensor:
@@ -231,9 +228,7 @@ def predicted_repair_share(source_kp, target_kp, inside: torch.Tensor | None = N
     fill = F.interpolate(_source_mask(source_kp, target_kp, _POSE_HW, min_score), size=hw, mode="bilinear", align_corners=False)
     wanted = _opaque(weight)
     in_frame = warp(torch.ones_like(fill), grid)
-    repair = (fill * (1.0 - wanted * in_frame) + wanted * (1.0 - in_frame)).clamp(0.0, 1.0)
-    # the seam band of warp_inputs (5 px at 256x128), here 3 px at half the resolution
-    repair = F.avg_pool2d(F.max_pool2d(repair, 3, stride=1, padding=1), 3, stride=1, padding=1, count_include_pad=False)
+    repair = _repair_mask(fill, wanted, in_frame, 3)  # the seam band of warp_inputs (5 px), at half the resolution
     if inside is None:
         return repair.mean((1, 2, 3))
     ins = (F.interpolate(inside.float(), size=hw, mode="bilinear", align_corners=False) >= 0.5).float()
@@ -290,6 +285,17 @@ def background_texture(images: torch.Tensor, person: torch.Tensor, inside: torch
     tex = ((gx + gy) * bg).sum((1, 2, 3)) / n.clamp_min(1.0)
     # a tight crop with (almost) no background: unknown, never a plain backdrop
     return torch.where(n >= _MIN_BACKGROUND * bg[0].numel(), tex, torch.full_like(tex, float("nan")))
+
+
+def _repair_mask(removed: torch.Tensor, wanted: torch.Tensor, in_frame: torch.Tensor, band: int) -> torch.Tensor:
+    """Where the warp invents pixels, ``[B, 1, h, w]`` in ``[0, 1]``: the ``removed`` source body
+    (the fill mask) where the warped body (``wanted * in_frame``) does not cover it, plus body
+    pixels whose source lies outside the frame (``wanted * (1 - in_frame)``), grown by a
+    ``band``-pixel max filter and softened by a ``band``-pixel mean (a seam band around the region).
+    All inputs ``[B, 1, h, w]`` on one grid; ``band`` odd."""
+    repair = (removed * (1.0 - wanted * in_frame) + wanted * (1.0 - in_frame)).clamp(0.0, 1.0)
+    repair = F.max_pool2d(repair, band, stride=1, padding=band // 2)
+    return F.avg_pool2d(repair, band, stride=1, padding=band // 2, count_include_pad=False)
 
 
 def _paired(source_kp, target_kp, min_score: float) -> tuple[torch.Tensor, torch.Tensor]:
