@@ -161,6 +161,20 @@ def test_refilter_same_thresholds_changes_nothing(run, blazepose, tmp_path):
     _agrees_with_disk(out, after)
 
 
+def test_refilter_reads_an_out_written_before_a_score_column(run, blazepose, tmp_path):
+    """An OUT from a posegen without the ``invented_fraction`` score (manifest and part files lack
+    the column) is re-filtered: the column is added and filled, the decisions stay the same."""
+    out = _copy_run(run, tmp_path)
+    before = pd.read_parquet(out / "manifest.parquet")
+    for f in [out / "manifest.parquet", *sorted((out / ".posegen" / "parts").glob("part-*.parquet"))]:
+        pd.read_parquet(f).drop(columns="invented_fraction").to_parquet(f)
+    after = refilter(out, backend=blazepose)
+    cols = ["path", "kept", "reason", "invented_fraction"]
+    pd.testing.assert_frame_equal(after[cols], before[cols], check_exact=False, atol=1e-6)
+    assert after.loc[after["synthetic"] & (after["path"] != ""), "invented_fraction"].notna().any()
+    _agrees_with_disk(out, after)
+
+
 def test_refilter_moves_files_when_thresholds_change(run, cuhk03_train, blazepose, tmp_path):
     out = _copy_run(run, tmp_path)
     manifest = pd.read_parquet(out / "manifest.parquet")
