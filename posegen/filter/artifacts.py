@@ -54,10 +54,11 @@ Scores (:func:`artifact_scores`):
     moved body filled in from its surroundings where the warped body does not cover it, and body
     pixels that would sample outside the source frame). On a tight street crop the background
     behind the person is mostly unknown, so that fill is a smooth blur which the repair model
-    cannot texture: a large share shows as a grey blob or smeared legs. Looked at on the 285 kept
-    outputs of the README main job (commit 88264d5, ``runs/`` sheets sorted by this share): the 12
-    highest (0.27-0.42) nearly all show such a blob, the 12 lowest (0.00-0.05) none; from 0.20 on
-    most do, below 0.15 few.
+    cannot texture: a large share shows as a grey blob or smeared legs. On the README main job with
+    the check off (``benchmarks/ghost_check.py --check invented``, strips
+    ``benchmarks/results/invented_check-top.jpg`` / ``-low.jpg``), the 20 kept outputs with the
+    highest share (0.25-0.42) nearly all show such a blob; of the 20 lowest (0.00-0.06) one shows a
+    doubled limb and none a blob. At 0.2, 241 of its 284 kept outputs stay.
 
 The thresholds (:class:`posegen.recipe.FilterConfig` ``max_hole_fraction``, ``max_seam_fraction``,
 ``min_sharpness_ratio``) come from ``benchmarks/filter_thresholds.py``

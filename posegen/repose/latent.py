@@ -210,8 +210,9 @@ def predicted_repair_share(source_kp, target_kp, inside: torch.Tensor | None = N
     bound for it). About 20 ms on one CPU thread, cheap enough to test several candidate targets
     per source (``augment``'s target choice); the filter's
     :func:`posegen.filter.artifacts.invented_fraction` is the exact value. On the 480 targets of
-    the README main job (commit 88264d5) the median absolute difference to it is 0.002; at 0.2 it
-    flags 92 targets, 88 of the 90 the exact value puts above 0.2.
+    the README main job (``benchmarks/ghost_check.py --check invented``) the median absolute
+    difference to it is 0.002; at 0.2 it flags 92 targets, 88 of the 90 the exact value puts above
+    0.2.
 
     Args:
         source_kp, target_kp: ``float [B, 17, 3]`` COCO-17 in :data:`FRAME_HW` pixels.
