@@ -312,7 +312,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tag", default="", help="results file suffix")
     ap.add_argument("--strengths", type=float, nargs="+", default=[0.3, 0.4, 0.5], help="latent models: SDEdit strengths")
-    ap.add_argument("--latent-steps", type=int, default=4, help="latent models: DDIM steps")
+    ap.add_argument("--latent-steps", type=int, default=None, help="latent models: DDIM steps (default: the model's)")
+    ap.add_argument("--repair-strength", type=float, default=None,
+                    help="latent models: SDEdit strength where the warp invented pixels (default: the model's; <= strength: off)")
     ap.add_argument("--starts", nargs="+", default=["pixel"], choices=["pixel", "latent"], help="latent models: SDEdit start")
     ap.add_argument("--no-baselines", action="store_true", help="latent models: only the model rows")
     ap.add_argument("--sets", nargs="+", default=["same-view", "cross-view"], choices=["same-view", "cross-view", "fashion"],
@@ -502,7 +504,8 @@ def warp_baseline(scorer: FrameScorer, kind: str, autoencoder=None) -> tuple[lis
     return outs, np.stack(used).astype(np.float32)
 
 
-def latent_generate(pipe, scorer: FrameScorer, *, steps: int, strength: float, batch_size: int, seed: int, start: str = "pixel", repair_only=None):
+def latent_generate(pipe, scorer: FrameScorer, *, steps: int | None, strength: float, batch_size: int, seed: int, start: str = "pixel",
+                    repair_only=None, repair_strength: float | None = None):  # fmt: skip
     """The model's outputs (sources' sizes), the used target pose in source pixels, and images/s."""
     outs, used = [], []
     n = len(scorer.pairs)
@@ -514,7 +517,7 @@ def latent_generate(pipe, scorer: FrameScorer, *, steps: int, strength: float, b
         imgs, kp = pipe(
             scorer.src_images[sl], scorer.src_kp[sl], scorer.tgt_kp[sl], target_sizes=scorer.tgt_size[sl],
             num_inference_steps=steps, strength=strength, generator=gens, align=False, return_keypoints=True,
-            start=start, repair_only=repair_only,
+            start=start, repair_only=repair_only, repair_strength=repair_strength,
         )  # fmt: skip
         outs += imgs
         used += [scale_keypoints(k, (int(ts[0]), int(ts[1])), (im.shape[1], im.shape[0]))
@@ -534,16 +537,20 @@ BASELINES = (
 
 
 def evaluate_latent(model_dir, pair_sets: dict, poses, recipe, backend, *, strengths, steps, batch_size, seed,
-                    starts=("pixel",), repair_modes=(True,), baselines=True, data: dict | None = None) -> dict:
+                    starts=("pixel",), repair_modes=(True,), baselines=True, data: dict | None = None,
+                    repair_strength: float | None = None) -> dict:  # fmt: skip
     """Rows per pair set: the baselines and the model at each strength.
 
     ``data`` maps a pair set's name to ``(root, poses, compare_hw)`` when it is not a CUHK03 val set
-    (the fashion pairs); the others use ``poses`` and the CUHK03 val root."""
+    (the fashion pairs); the others use ``poses`` and the CUHK03 val root. ``steps`` and
+    ``repair_strength`` None: the model's own sampling defaults."""
     from posegen.metrics import ReidEmbedder
 
     from posegen.filter import load_embedder
 
     pipe = load_pipeline(model_dir)
+    steps = int(steps or pipe.config.num_inference_steps)
+    rs = getattr(pipe.config, "repair_strength", None) if repair_strength is None else repair_strength
     # the recipe's identity embedder when it names one (deepfashion: the garment colour histogram)
     embedder = load_embedder(recipe.filter.reid_weights) if recipe.filter.reid_weights else ReidEmbedder(OSNET)
     out = {}
@@ -562,8 +569,10 @@ def evaluate_latent(model_dir, pair_sets: dict, poses, recipe, backend, *, stren
             for start in starts:
                 for ro in repair_modes:
                     outs, used, rate = latent_generate(pipe, scorer, steps=steps, strength=st, batch_size=batch_size,
-                                                       seed=seed, start=start, repair_only=ro)  # fmt: skip
+                                                       seed=seed, start=start, repair_only=ro, repair_strength=rs)  # fmt: skip
                     mode = "repair only" if ro else "whole image"
+                    if rs is not None and rs > st:
+                        mode += f", repair strength {rs}"
                     rows.append({"model": f"model, strength {st}, start={start}, {mode}", "steps": steps,
                                  "images_per_s": rate, **summary(outs, used)})  # fmt: skip
         out[name] = rows
@@ -594,7 +603,7 @@ def main_latent(args) -> None:
             data["fashion"] = (FASHION / "images", fposes, FASHION_HW)
         results = evaluate_latent(model_dir, sets, poses, recipe, be, strengths=args.strengths, steps=args.latent_steps,
                                   batch_size=args.batch_size, seed=args.seed, starts=args.starts,
-                                  baselines=not args.no_baselines, data=data,
+                                  baselines=not args.no_baselines, data=data, repair_strength=args.repair_strength,
                                   repair_modes=[{"repair": True, "whole": False}[m] for m in args.modes])  # fmt: skip
     result = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),

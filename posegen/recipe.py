@@ -178,6 +178,10 @@ class SampleConfig(_Strict):
     repair_only: bool = Field(
         True, description="latent model only: keep the warp's real pixels; use the model only where the warp invented pixels"
     )
+    repair_strength: float | None = Field(
+        None, gt=0, le=1,
+        description="latent model only: SDEdit strength where the warp invented pixels (regenerated); null = strength everywhere",
+    )
 
 
 class PoseConfig(_Strict):
@@ -327,6 +331,10 @@ class LatentConfig(_Strict):
     attention: bool = True
     min_keypoints: int = Field(10, ge=1, description="joints with score >= pose.min_score a training pose needs")
     seed: int = 0
+    repair_loss_weight: float = Field(
+        0.0, ge=0, description="extra loss weight where the warp invents pixels (1 + w * mask); 0 = plain MSE"
+    )
+    init_from: str | None = Field(None, description="model folder whose unet initialises training (fine-tuning); null = random")
 
 
 class Recipe(_Strict):

@@ -278,6 +278,63 @@ def test_training_refuses_missing_latents(tmp_path):
         train_latent(LatentTrainConfig(steps=1), latents, kp, pairs, tmp_path / "run")
 
 
+def test_repair_weighted_fine_tuning_starts_from_a_saved_model_and_resumes(tmp_path):
+    """``init_from`` loads a saved model's weights (fine-tuning), refuses another architecture by
+    name, and a run with the repair-weighted loss over the whole timestep range resumes bit for bit."""
+    from posegen.repose.latent_train import LatentTrainConfig, _init_weights, save_latent_model, train_latent
+    from posegen.repose.latent import make_denoiser
+
+    latents, kp, pairs = _tiny_data()
+    arch = dict(block_out_channels=[32, 32, 32], attention=False)
+    base = LatentTrainConfig(steps=2, batch_size=2, checkpoint_every=2, log_every=1, warmup_steps=1, **arch)
+    torch.manual_seed(1)
+    donor = make_denoiser([32, 32, 32], 1, False)
+    save_latent_model(donor, tmp_path / "donor", base, "fp", fp16=False)
+    fresh = make_denoiser([32, 32, 32], 1, False)
+    _init_weights(fresh, tmp_path / "donor")
+    for k, v in donor.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v), k
+    with pytest.raises(ValueError, match="block_out_channels"):
+        _init_weights(make_denoiser([32, 64, 64], 1, False), tmp_path / "donor")
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        _init_weights(fresh, tmp_path / "nowhere")
+
+    cfg = LatentTrainConfig(**{**base.__dict__, "steps": 4, "strength_max": 1.0, "repair_loss_weight": 4.0,
+                               "init_from": str(tmp_path / "donor")})  # fmt: skip
+    train_latent(cfg, latents, kp, pairs, tmp_path / "straight")
+    train_latent(LatentTrainConfig(**{**cfg.__dict__, "steps": 2}), latents, kp, pairs, tmp_path / "resumed")
+    train_latent(cfg, latents, kp, pairs, tmp_path / "resumed")
+    a = torch.load(tmp_path / "straight/checkpoints/step-000004/state.pt", weights_only=False)
+    b = torch.load(tmp_path / "resumed/checkpoints/step-000004/state.pt", weights_only=False)
+    for k in a["unet"]:
+        assert torch.equal(a["unet"][k], b["unet"][k]), k
+    plain = LatentTrainConfig(**{**cfg.__dict__, "repair_loss_weight": 0.0})
+    train_latent(plain, latents, kp, pairs, tmp_path / "plain")
+    la, lp = pd.read_csv(tmp_path / "straight/loss.csv"), pd.read_csv(tmp_path / "plain/loss.csv")
+    assert not np.array_equal(la["loss"].to_numpy(), lp["loss"].to_numpy())  # the weighting is applied
+    with pytest.raises(ValueError, match="repair_loss_weight"):
+        LatentTrainConfig(repair_loss_weight=-1.0)
+
+
+def test_predicted_repair_mask_marks_the_legs_a_step_leaves():
+    """Keypoints only: a source standing with legs together, a target with both legs spread: the
+    region the source's legs vacate is marked, far more than the unmoved upper body;
+    :func:`predicted_repair_share` is its mean."""
+    from posegen.repose.latent import FRAME_HW, predicted_repair_mask, predicted_repair_share
+
+    box = letterbox_params((64, 128), FRAME_HW)
+    src = to_frame_keypoints(standing_pose(), box)
+    tgt = src.copy()
+    tgt[[13, 15], 0] -= 30  # the knees and ankles spread 30 px each way
+    tgt[[14, 16], 0] += 30
+    m = predicted_repair_mask(src[None], tgt[None], (128, 64))
+    assert m.shape == (1, 1, 128, 64)
+    assert float(m[0, 0, 80:104].amax(1).min()) > 0.9  # every row of the shins (ankles at row 102)
+    assert float(m[0, 0, 80:104].mean()) > 3 * float(m[0, 0, :56].mean())  # vs the head and torso
+    share = predicted_repair_share(src[None], tgt[None])
+    assert torch.allclose(share, m.mean((1, 2, 3)))
+
+
 # --------------------------------------------------------------------------- the shipped model
 def _default_model():
     from posegen.repose import default_model_dir
@@ -323,6 +380,37 @@ def test_default_model_reposes_real_val_pairs(blazepose):
         except NoPersonFound:
             scores.append(0.0)
     assert float(np.mean(scores)) >= 0.5, scores
+
+
+def test_repair_strength_regenerates_only_the_invented_region(blazepose):
+    """Differential SDEdit: with ``repair_strength`` above ``strength`` the latent cells the warp
+    invented start from more noise; with ``repair_only`` the real pixels elsewhere are untouched, so
+    the outputs differ from plain SDEdit in a part of the frame only. Out-of-range values are a
+    ValueError."""
+    from posegen.data.images import read_image
+    from posegen.repose import load_pipeline
+
+    from conftest import REPO
+
+    _default_model()
+    val = require(CUHK03 / "val")
+    pairs = pd.read_csv(REPO / "benchmarks" / "quality_pairs_same_view.csv").head(2)
+    src = [read_image(val / p) for p in pairs["source"]]
+    tgt = [read_image(val / p) for p in pairs["target"]]
+    src_kp = np.stack([blazepose.estimate(im) for im in src])
+    tgt_kp = np.stack([blazepose.estimate(im) for im in tgt])
+    sizes = [(im.shape[1], im.shape[0]) for im in tgt]
+    pipe = load_pipeline(None)
+
+    def run(rs):
+        return pipe(src, src_kp, tgt_kp, target_sizes=sizes, strength=0.4, repair_strength=rs, num_inference_steps=8,
+                    generator=[torch.Generator().manual_seed(0) for _ in src], output_type="pt", repair_only=True)  # fmt: skip
+
+    plain, regen = run(0.4), run(1.0)
+    changed = (plain - regen).abs().amax(1) > 2 / 255
+    assert 0.005 < float(changed.float().mean()) < 0.5, float(changed.float().mean())
+    with pytest.raises(ValueError, match="repair_strength"):
+        run(1.5)
 
 
 def test_bad_model_folders_are_clear_errors(tmp_path):

@@ -753,7 +753,7 @@ def augment(
     if latent_model:
         guidance = dict(
             strength=recipe.sample.strength, start=recipe.sample.start, align=recipe.augment.align_targets,
-            repair_only=recipe.sample.repair_only,
+            repair_only=recipe.sample.repair_only, repair_strength=recipe.sample.repair_strength,
         )  # fmt: skip
     else:
         guidance = _guidance(recipe) if len(todo) else {}

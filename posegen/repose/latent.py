@@ -51,6 +51,7 @@ __all__ = [
     "flow_for",
     "latent_conditions",
     "pose_maps_latent",
+    "predicted_repair_mask",
     "predicted_repair_share",
     "warp_inputs",
     "plain_backdrop",
@@ -200,15 +201,38 @@ def warp_inputs(source_images: torch.Tensor, source_kp, target_kp, min_score: fl
     return out, _repair_mask(fill * (~plain).float()[:, None, None, None], wanted, in_frame, 5)
 
 
+def predicted_repair_mask(source_kp, target_kp, hw=(FRAME_HW[0] // 2, FRAME_HW[1] // 2), min_score: float = 0.5) -> torch.Tensor:
+    """:func:`warp_inputs`' repair mask from the keypoints alone, on a coarse grid.
+
+    The same construction (the source's moved body that the warped body does not cover, plus body
+    pixels that would sample outside the source frame, :func:`_repair_mask`) without the images:
+    the backdrop is taken as textured (a plain studio backdrop would not be repaired there). Used
+    by :func:`predicted_repair_share` (target choice) and by training
+    (:class:`~posegen.repose.latent_train.LatentTrainConfig` ``repair_loss_weight``).
+
+    Args:
+        source_kp, target_kp: ``float [B, 17, 3]`` COCO-17 in :data:`FRAME_HW` pixels.
+        hw: the grid ``(h, w)``; the seam band is ``warp_inputs``' 5 px scaled to it (odd, >= 1).
+        min_score: joint presence threshold.
+
+    Returns:
+        ``float32 [B, 1, h, w]`` in ``[0, 1]``.
+    """
+    source_kp, target_kp = _paired(source_kp, target_kp, min_score)
+    grid, weight = flow_for(source_kp, target_kp, hw, min_score=min_score)
+    fill = F.interpolate(_source_mask(source_kp, target_kp, _POSE_HW, min_score), size=hw, mode="bilinear", align_corners=False)
+    wanted = _opaque(weight)
+    in_frame = warp(torch.ones_like(fill), grid)
+    band = max(1, int(round(5 * hw[0] / FRAME_HW[0])) | 1)  # warp_inputs' 5 px seam band, on this grid
+    return _repair_mask(fill, wanted, in_frame, band)
+
+
 def predicted_repair_share(source_kp, target_kp, inside: torch.Tensor | None = None, min_score: float = 0.5) -> torch.Tensor:
     """The share of the frame :func:`warp_inputs` would mark for repair, from the keypoints alone.
 
-    The same construction as :func:`warp_inputs`' repair mask (the source's moved body that the
-    warped body does not cover, plus body pixels that would sample outside the source frame),
-    computed at half the frame's resolution (128x64) and without the images: the backdrop is taken
-    as textured (a plain studio backdrop would not be repaired there, so the share is an upper
-    bound for it). About 20 ms on one CPU thread, cheap enough to test several candidate targets
-    per source (``augment``'s target choice); the filter's
+    The mean of :func:`predicted_repair_mask` at half the frame's resolution (128x64), an upper
+    bound on a plain studio backdrop. About 20 ms on one CPU thread, cheap enough to test several
+    candidate targets per source (``augment``'s target choice); the filter's
     :func:`posegen.filter.artifacts.invented_fraction` is the exact value. On the 480 targets of
     the README main job (``benchmarks/ghost_check.py --check invented``) the median absolute
     difference to it is 0.002; at 0.2 it flags 92 targets, 88 of the 90 the exact value puts above
@@ -224,12 +248,7 @@ def predicted_repair_share(source_kp, target_kp, inside: torch.Tensor | None = N
         ``float32 [B]`` in ``[0, 1]``: the mean of the coarse repair mask over ``inside``.
     """
     hw = (FRAME_HW[0] // 2, FRAME_HW[1] // 2)
-    source_kp, target_kp = _paired(source_kp, target_kp, min_score)
-    grid, weight = flow_for(source_kp, target_kp, hw, min_score=min_score)
-    fill = F.interpolate(_source_mask(source_kp, target_kp, _POSE_HW, min_score), size=hw, mode="bilinear", align_corners=False)
-    wanted = _opaque(weight)
-    in_frame = warp(torch.ones_like(fill), grid)
-    repair = _repair_mask(fill, wanted, in_frame, 3)  # the seam band of warp_inputs (5 px), at half the resolution
+    repair = predicted_repair_mask(source_kp, target_kp, hw, min_score)
     if inside is None:
         return repair.mean((1, 2, 3))
     ins = (F.interpolate(inside.float(), size=hw, mode="bilinear", align_corners=False) >= 0.5).float()

@@ -20,12 +20,13 @@ from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from diffusers import DDIMScheduler, DiffusionPipeline, UNet2DModel
 from diffusers.utils import logging as dlogging
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..latent.frame import from_frame_keypoints, letterbox_params, to_frame_keypoints
-from ..latent.taef2 import TAEF2
+from ..latent.taef2 import LATENT_SCALE, TAEF2
 from .latent import FRAME_HW, latent_conditions, warp_inputs
 from .pipeline import _sizes, check_repose_inputs
 from .warp import align_pose
@@ -53,13 +54,14 @@ class LatentReposePipeline(DiffusionPipeline):
         autoencoder_fingerprint: str = "",
         min_score: float = 0.5,
         repair_only: bool = False,
+        repair_strength: float | None = None,
     ):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
         self.register_to_config(
             strength=float(strength), num_inference_steps=int(num_inference_steps),
             autoencoder_fingerprint=str(autoencoder_fingerprint), min_score=float(min_score),
-            repair_only=bool(repair_only),
+            repair_only=bool(repair_only), repair_strength=None if repair_strength is None else float(repair_strength),
         )  # fmt: skip
         self.autoencoder: TAEF2 | None = None
 
@@ -84,6 +86,7 @@ class LatentReposePipeline(DiffusionPipeline):
         align: bool = True,
         start: str = "pixel",
         repair_only: bool | None = None,
+        repair_strength: float | None = None,
         return_keypoints: bool = False,
     ):
         """Re-pose each source image to its target pose.
@@ -115,6 +118,13 @@ class LatentReposePipeline(DiffusionPipeline):
                 repair mask of :func:`~posegen.repose.latent.warp_inputs`: the source's moved parts
                 not covered by the warped body, plus a seam band) and keep the warp's real pixels
                 elsewhere; False = the decoded model output everywhere. Default: the model's.
+            repair_strength: SDEdit strength inside the repair region (the latent cells holding
+                any pixel of the repair mask), where the warp's start is a smooth fill the model
+                would otherwise keep: a per-cell strength map as in Differential Diffusion (Levin &
+                Fried 2023), the rest held at the warp noised to the current timestep until its own
+                ``strength`` is reached (blended sampling, Avrahami et al. 2023). None or
+                ``<= strength``: one strength everywhere. It needs a model trained on timesteps up
+                to ``repair_strength * T``. Default: the model's (None for older models).
             return_keypoints: also return the target keypoints used (after alignment),
                 ``float32 [B, 17, 3]`` in pixels of ``target_sizes`` (per-axis rescaled from the
                 source's pixels, so ``scale_keypoints(kp, target_size, source_size)`` gives them
@@ -126,7 +136,7 @@ class LatentReposePipeline(DiffusionPipeline):
         Raises:
             RuntimeError: no autoencoder loaded.
             ValueError: inconsistent shapes or sizes, an unknown ``output_type`` or ``start``,
-                ``strength`` outside ``(0, 1]``, ``num_inference_steps < 1``.
+                ``strength`` or ``repair_strength`` outside ``(0, 1]``, ``num_inference_steps < 1``.
         """
         if self.autoencoder is None:
             raise RuntimeError("no autoencoder: load the pipeline with posegen.repose.load_pipeline()")
@@ -140,6 +150,11 @@ class LatentReposePipeline(DiffusionPipeline):
             raise ValueError(f"num_inference_steps must be >= 1, got {steps}")
         if not 0.0 < strength <= 1.0:
             raise ValueError(f"strength must be in (0, 1], got {strength}")
+        if repair_strength is None:
+            repair_strength = getattr(self.config, "repair_strength", None)
+        if repair_strength is not None and not 0.0 < float(repair_strength) <= 1.0:
+            raise ValueError(f"repair_strength must be in (0, 1], got {repair_strength}")
+        differential = repair_strength is not None and float(repair_strength) > strength
         if isinstance(source_images, np.ndarray) and source_images.ndim == 4:
             source_images = list(source_images)
         images, src_kp, tgt_kp = check_repose_inputs(source_images, source_keypoints, target_keypoints)
@@ -181,13 +196,22 @@ class LatentReposePipeline(DiffusionPipeline):
         z0 = ae.encode(pixel_warp) if start == "pixel" else warped_latent
 
         sched = self.scheduler
-        total = max(steps, int(round(steps / strength)))
+        top = float(repair_strength) if differential else strength
+        total = max(steps, int(round(steps / top)))
         sched.set_timesteps(total, device=device)
         timesteps = sched.timesteps[total - steps :]
         noise = randn_tensor(z0.shape, generator=generator, device=device, dtype=torch.float32)
-        lat = sched.add_noise(z0.float(), noise, timesteps[:1].repeat(b))
+        z0 = z0.float()
+        lat = sched.add_noise(z0, noise, timesteps[:1].repeat(b))
+        if differential:
+            # latent cells with any pixel to repair start at repair_strength; the others join at the
+            # first timestep <= strength * T, held at the noised warp until then
+            regen = F.max_pool2d((repair >= 0.5).float(), LATENT_SCALE) > 0
+            t_join = next((t for t in timesteps if t <= strength * sched.config.num_train_timesteps), timesteps[-1])
         cond = cond.to(dtype)
         for t in timesteps:
+            if differential and t > t_join:
+                lat = torch.where(regen, lat, sched.add_noise(z0, noise, t.repeat(b)))
             pred = self.unet(torch.cat([lat.to(dtype), cond], 1), t).sample.float()
             lat = sched.step(pred, t, lat, generator=generator).prev_sample
         out = ae.decode(lat.float()).clamp(0.0, 1.0)

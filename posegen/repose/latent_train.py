@@ -13,7 +13,9 @@ Training never runs the autoencoder: the conditioning warp is applied to the cac
 
 Objective: ``x0`` prediction, MSE on the target latent, ``t ~ U{0 .. t_max - 1}`` with
 ``t_max = strength_max * T`` — the timestep range SDEdit sampling uses — and the DDPM forward
-process of :func:`make_noise_scheduler`. AdamW, linear warm-up, gradient clipping, EMA of the
+process of :func:`make_noise_scheduler`; optionally weighted up where the warp invents pixels
+(``repair_loss_weight``), the region that sampling with a ``repair_strength`` above ``strength``
+regenerates from (nearly) pure noise. AdamW, linear warm-up, gradient clipping, EMA of the
 weights (diffusers ``EMAModel``).
 
 Determinism and resuming: the pairs, noise and timesteps of step ``s`` are functions of
@@ -51,7 +53,7 @@ from .._io import atomic_to_parquet, atomic_write_json, atomic_write_text, stabl
 from ..data.images import read_image
 from ..latent.frame import letterbox_params, to_frame_keypoints
 from ..latent.taef2 import TAEF2
-from .latent import FRAME_HW, LATENT_HW, latent_conditions, make_denoiser
+from .latent import FRAME_HW, LATENT_HW, latent_conditions, make_denoiser, predicted_repair_mask
 from .provenance import file_digest
 
 __all__ = [
@@ -85,8 +87,17 @@ class LatentTrainConfig:
     block_out_channels: list = field(default_factory=lambda: [64, 128, 128])
     layers_per_block: int = 1
     attention: bool = True
+    #: extra weight of the squared error inside the predicted repair region (where the warp invents
+    #: pixels, :func:`~posegen.repose.latent.predicted_repair_mask` at the latent resolution): the
+    #: per-element weight is ``1 + repair_loss_weight * mask``, normalised by its batch mean; 0 = plain MSE
+    repair_loss_weight: float = 0.0
+    #: a model folder (:func:`save_latent_model` layout) whose ``unet`` initialises a new run
+    #: (fine-tuning); its architecture must equal this configuration's. None: random initialisation
+    init_from: str | None = None
 
     def __post_init__(self):
+        if self.repair_loss_weight < 0:
+            raise ValueError(f"repair_loss_weight must be >= 0, got {self.repair_loss_weight}")
         if not 0 < self.strength_max <= 1:
             raise ValueError(f"strength_max must be in (0, 1], got {self.strength_max}")
         if not 0 <= self.same_view_weight <= 1:
@@ -268,6 +279,8 @@ def train_latent(
     rank = accelerator.process_index
     torch.manual_seed(cfg.seed)
     unet = make_denoiser(cfg.block_out_channels, cfg.layers_per_block, cfg.attention)
+    if cfg.init_from is not None:
+        _init_weights(unet, cfg.init_from)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
     ema = EMAModel(unet.parameters(), decay=cfg.ema_decay)
     start = 0
@@ -297,17 +310,22 @@ def train_latent(
         for g in optimizer.param_groups:
             g["lr"] = lr
         pred = model(torch.cat([x_t, cond], 1), t).sample
-        loss = F.mse_loss(pred.float(), zt.float())
+        if cfg.repair_loss_weight > 0:
+            with torch.no_grad():
+                w = 1.0 + cfg.repair_loss_weight * F.avg_pool2d(predicted_repair_mask(ks, kt, (2 * LATENT_HW[0], 2 * LATENT_HW[1]), cfg.min_score), 2).to(device)
+            loss = (w * (pred.float() - zt.float()) ** 2).mean() / w.mean()
+        else:
+            loss = F.mse_loss(pred.float(), zt.float())
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         ema.step(accelerator.unwrap_model(model).parameters())
         if step % cfg.log_every == 0 and accelerator.is_main_process:
-            rows.append(dict(step=step, loss=float(loss), lr=lr, elapsed_s=round(time.time() - t0, 1)))
+            rows.append(dict(step=step, loss=loss.item(), lr=lr, elapsed_s=round(time.time() - t0, 1)))
             atomic_write_text(loss_path, pd.DataFrame(rows).to_csv(index=False))
         if progress:
-            progress(step, cfg.steps, {"loss": float(loss)})
+            progress(step, cfg.steps, {"loss": loss.item()})
         if (step % cfg.checkpoint_every == 0 or step == cfg.steps) and accelerator.is_main_process:
             _save_checkpoint(run_dir, step, accelerator.unwrap_model(model), optimizer, ema)
     accelerator.wait_for_everyone()
@@ -317,6 +335,26 @@ def train_latent(
     ema.copy_to(final.parameters())
     save_model(final, run_dir / "model")
     return run_dir / "model"
+
+
+def _init_weights(unet, model_dir: str | os.PathLike) -> None:
+    """Load the ``unet`` of a saved latent model folder into ``unet`` (float32, strict).
+
+    Raises:
+        FileNotFoundError: ``model_dir/unet`` is missing.
+        ValueError: its architecture differs from ``unet``'s.
+    """
+    from diffusers import UNet2DModel
+
+    src = Path(model_dir) / "unet"
+    if not (src / "config.json").is_file():
+        raise FileNotFoundError(f"init_from: no model at {src} (expected config.json and weights)")
+    init = UNet2DModel.from_pretrained(str(src)).float()
+    keys = ("in_channels", "out_channels", "block_out_channels", "layers_per_block", "down_block_types", "sample_size")
+    diff = [k for k in keys if list(np.atleast_1d(init.config[k])) != list(np.atleast_1d(unet.config[k]))]
+    if diff:
+        raise ValueError(f"init_from: {src} differs from the configured denoiser in {diff}")
+    unet.load_state_dict(init.state_dict(), strict=True)
 
 
 def _save_checkpoint(run_dir: Path, step: int, unet, optimizer, ema) -> None:
@@ -395,6 +433,7 @@ def prepare_training_data(
 def save_latent_model(
     unet, out_dir: str | os.PathLike, cfg: LatentTrainConfig, fingerprint: str, *,
     strength: float = 0.4, num_inference_steps: int = 4, fp16: bool = True, repair_only: bool = True,
+    repair_strength: float | None = None,
 ) -> Path:
     """Write a :class:`~posegen.repose.latent_pipeline.LatentReposePipeline` folder (atomically).
 
@@ -402,7 +441,8 @@ def save_latent_model(
         unet: the denoiser (copied; with the weights to ship, e.g. the EMA weights).
         cfg: the training configuration (its schedule defines the scheduler).
         fingerprint: :func:`autoencoder_fingerprint` of the TAEF2 it was trained with.
-        strength, num_inference_steps, repair_only: sampling defaults stored in ``model_index.json``.
+        strength, num_inference_steps, repair_only, repair_strength: sampling defaults stored in
+            ``model_index.json``.
         fp16: store the weights as float16 safetensors.
 
     Returns:
@@ -419,7 +459,7 @@ def save_latent_model(
     pipe = LatentReposePipeline(
         net, make_noise_scheduler(cfg.num_train_timesteps, cfg.beta_schedule), strength=strength,
         num_inference_steps=num_inference_steps, autoencoder_fingerprint=fingerprint, min_score=cfg.min_score,
-        repair_only=repair_only,
+        repair_only=repair_only, repair_strength=repair_strength,
     )  # fmt: skip
     tmp = out_dir.with_name(f".tmp-{out_dir.name}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -469,6 +509,7 @@ def config_from_recipe(recipe) -> LatentTrainConfig:
         steps=lc.steps, batch_size=lc.batch_size, learning_rate=lc.learning_rate, warmup_steps=lc.warmup_steps,
         strength_max=lc.strength_max, same_view_weight=lc.same_view_weight, ema_decay=lc.ema_decay,
         checkpoint_every=lc.checkpoint_every, seed=lc.seed, min_score=recipe.pose.min_score,
+        repair_loss_weight=lc.repair_loss_weight, init_from=lc.init_from,
         block_out_channels=list(lc.block_out_channels), layers_per_block=lc.layers_per_block, attention=lc.attention,
     )  # fmt: skip
 
@@ -519,7 +560,8 @@ def train_latent_recipe(
 
     def save(unet, out):
         save_latent_model(unet, out, cfg, fingerprint, strength=recipe.sample.strength,
-                          num_inference_steps=recipe.sample.steps, repair_only=recipe.sample.repair_only)  # fmt: skip
+                          num_inference_steps=recipe.sample.steps, repair_only=recipe.sample.repair_only,
+                          repair_strength=recipe.sample.repair_strength)  # fmt: skip
         atomic_write_text(out / "recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
 
     return train_latent(cfg, latents, kps, pairs, run_dir, progress=lambda s, n, logs: cb("train", s, n), save_model=save)
