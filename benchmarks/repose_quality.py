@@ -40,7 +40,10 @@ warp over the source" (bounded transforms, view-robust torso and upright head) a
 the real target image has it (``align=False``) and written at the source's size; SSIM / PSNR compare
 output and real target both resized to 256x128; OKS, PCK, identity and the kept-rate are scored by
 :func:`posegen.filter.filter_batch` with the ``default`` recipe's filter on the output at the source's
-size against the target pose the generator used.
+size against the target pose the generator used. "invented texture" (:func:`invented_texture`) is
+the median, over pairs where the warp invents >= 2 % of the frame, of the output's grey-level
+gradient in that region relative to the real target's there: about 1 for a fill as textured as the
+real background, near 0 for the smooth blob of an interpolated fill.
 
 **Fashion pairs** (``--sets fashion``): the 95 DeepFashion In-shop pairs of
 ``../shared/data/deepfashion-samples`` (``pairs.csv``: same item, another view; 176x256 photos, w x h),
@@ -233,6 +236,7 @@ def summarise(df: pd.DataFrame) -> dict:
         "person_found": float(df["person_found"].mean()),
         "identity": float(df["identity"].mean()),
         "kept_rate": float(df["kept"].mean()),
+        "invented_texture": float(df["texture"].median()) if "texture" in df and df["texture"].notna().any() else float("nan"),
         "rejected_by_reason": df.loc[~df["kept"], "reason"].value_counts().to_dict(),
     }
 
@@ -265,26 +269,32 @@ def _pipeline_dir(model) -> Path:
 def render_table(rows: list[dict], title: str) -> Table:
     """A Rich table of :func:`evaluate_model` / :func:`baseline` rows."""
     t = Table(title=title)
-    for col in ("model", "steps", "SSIM", "PSNR", "OKS", "PCKh@0.5", "person found", "identity", "kept", "img/s"):
+    for col in ("model", "steps", "SSIM", "PSNR", "OKS", "PCKh@0.5", "person found", "identity", "kept",
+                "invented texture", "img/s"):  # fmt: skip
         t.add_column(col, justify="right")
     for r in rows:
         t.add_row(
             Path(r["model"]).name if os.sep in r["model"] else r["model"], str(r["steps"]),
             f"{r['ssim']:.3f}", f"{r['psnr']:.2f}", f"{r['oks']:.3f}", f"{r['pck']:.3f}",
-            f"{r['person_found']:.0%}", f"{r['identity']:.3f}", f"{r['kept_rate']:.0%}",
+            f"{r['person_found']:.0%}", f"{r['identity']:.3f}", f"{r['kept_rate']:.0%}", _texture(r),
             "-" if np.isnan(r["images_per_s"]) else f"{r['images_per_s']:.2f}",
         )  # fmt: skip
     return t
 
 
+def _texture(row: dict) -> str:
+    v = row.get("invented_texture", float("nan"))
+    return "-" if np.isnan(v) else f"{v:.2f}"
+
+
 def markdown(rows: list[dict], header: str) -> str:
     """The rows as a Markdown table under ``header``."""
-    lines = [header, "", "| model | steps | SSIM | PSNR | OKS | PCKh@0.5 | person found | identity | kept | img/s |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    lines = [header, "", "| model | steps | SSIM | PSNR | OKS | PCKh@0.5 | person found | identity | kept | invented texture | img/s |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
     for r in rows:
         lines.append(
             f"| {r.get('label', r['model'])} | {r['steps']} | {r['ssim']:.3f} | {r['psnr']:.2f} | {r['oks']:.3f} | "
-            f"{r['pck']:.3f} | {r['person_found']:.0%} | {r['identity']:.3f} | {r['kept_rate']:.0%} | "
+            f"{r['pck']:.3f} | {r['person_found']:.0%} | {r['identity']:.3f} | {r['kept_rate']:.0%} | {_texture(r)} | "
             f"{'-' if np.isnan(r['images_per_s']) else format(r['images_per_s'], '.2f')} |"
         )
     return "\n".join(lines) + "\n"
@@ -441,6 +451,9 @@ class FrameScorer:
         from posegen.metrics import psnr, ssim
 
         frames = np.stack([resize_image(o, self.compare_hw) for o in outputs])
+        texture = [invented_texture(o, s, sk, uk, t, tk, ts)
+                   for o, s, sk, uk, t, tk, ts in zip(outputs, self.src_images, self.src_kp, used_kp, self.tgt_images,
+                                                      self.tgt_kp, self.tgt_size)]  # fmt: skip
         fb = filter_batch(
             outputs, self.src_images, self.src_kp, used_kp, self.recipe.filter, self.backend,
             embedder=self.embedder, source_embeddings=self.src_emb, min_score=self.recipe.pose.min_score,
@@ -456,8 +469,42 @@ class FrameScorer:
                 "identity": fb["identity_sim"].to_numpy(),
                 "kept": fb["kept"].to_numpy(dtype=bool),
                 "reason": fb["reason"].to_numpy(),
+                "texture": np.array(texture, dtype=np.float64),
             }
         )
+
+
+def invented_texture(output, source, source_kp, used_kp, target, target_kp, target_size, min_area: float = 0.02) -> float:
+    """How textured the pixels the warp invented are, relative to the real target there: the mean
+    grey-level gradient magnitude (|dx| + |dy|, grey in 0..1) of ``output`` over the repair region
+    (:func:`posegen.filter.artifacts.invented_mask` >= 0.5, in the source's 256x128 letterbox
+    frame) divided by the same of the real ``target`` (letterboxed in its own frame, where the
+    target pose lies at the same frame position when ``align=False``). 1 = as textured as the real
+    image there (mostly background); near 0 = a smooth blob. NaN when the region covers less than
+    ``min_area`` of the frame or the target is flat there.
+
+    ``output``, ``source``, ``target``: ``uint8 [H, W, 3]``; ``source_kp``, ``used_kp``: ``[17, 3]``
+    in source pixels; ``target_kp`` unused (kept for symmetry); ``target_size``: ``(w, h)``."""
+    from posegen.filter.artifacts import invented_mask
+    from posegen.latent import letterbox_params
+    from posegen.repose.latent import FRAME_HW
+
+    found = invented_mask(source, source_kp, used_kp)
+    if found is None:
+        return float("nan")
+    repair, inside = found
+    tbox = letterbox_params((int(target_size[0]), int(target_size[1])), FRAME_HW)
+    region = (repair >= 0.5) & inside & (tbox.inside_mask() >= 0.5)
+    if region.mean() < min_area:
+        return float("nan")
+    sbox = letterbox_params((source.shape[1], source.shape[0]), FRAME_HW)
+
+    def grad(img, box):
+        g = box.image_to_frame(img).astype(np.float32).mean(-1) / 255.0
+        return np.abs(np.diff(g, axis=1, append=g[:, -1:])) + np.abs(np.diff(g, axis=0, append=g[-1:]))
+
+    ref = float(grad(target, tbox)[region].mean())
+    return float(grad(output, sbox)[region].mean()) / ref if ref > 1e-4 else float("nan")
 
 
 def warp_baseline(scorer: FrameScorer, kind: str, autoencoder=None) -> tuple[list[np.ndarray], np.ndarray]:

@@ -334,7 +334,7 @@ class LatentConfig(_Strict):
     repair_loss_weight: float = Field(
         0.0, ge=0, description="extra loss weight where the warp invents pixels (1 + w * mask); 0 = plain MSE"
     )
-    init_from: str | None = Field(None, description="model folder whose unet initialises training (fine-tuning); null = random")
+    init_from: str | None = Field(None, description="model folder whose unet initialises training (fine-tuning); 'default' = the shipped model; null = random")
 
 
 class Recipe(_Strict):

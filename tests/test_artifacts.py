@@ -184,3 +184,35 @@ def test_real_same_person_images_pass(blazepose):
         assert sc["sharpness_ratio"] >= cfg.min_sharpness_ratio, (s, o, sc)
         n += 1
     assert n >= 3
+
+
+def test_invented_texture_tells_a_smooth_fill_from_real_texture():
+    """``benchmarks/repose_quality.py``'s invented-texture ratio: on a textured (noise) scene
+    where a stride leaves the legs' old place to invent, the real target scores 1, a flat grey
+    fill there near 0, and too small a region is NaN."""
+    import importlib.util
+    import sys
+
+    from conftest import REPO, standing_pose
+    from posegen.filter.artifacts import invented_mask
+    from posegen.latent import letterbox_params
+
+    spec = importlib.util.spec_from_file_location("repose_quality", REPO / "benchmarks" / "repose_quality.py")
+    rq = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(REPO / "benchmarks"))  # its `from _common import ...`
+    try:
+        spec.loader.exec_module(rq)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    scene = np.random.default_rng(0).integers(0, 256, size=(128, 64, 3), dtype=np.uint8)
+    src_kp = standing_pose()
+    used = src_kp.copy()
+    used[[13, 15], 0] -= 8  # the legs spread
+    used[[14, 16], 0] += 8
+    assert rq.invented_texture(scene, scene, src_kp, used, scene, used, (64, 128)) == pytest.approx(1.0)
+    repair, _ = invented_mask(scene, src_kp, used)
+    box = letterbox_params((64, 128), (256, 128))
+    frame = box.image_to_frame(scene)
+    frame[repair >= 0.3] = 128
+    assert rq.invented_texture(box.frame_to_image(frame), scene, src_kp, used, scene, used, (64, 128)) < 0.2
+    assert np.isnan(rq.invented_texture(scene, scene, src_kp, src_kp, scene, src_kp, (64, 128)))  # nothing invented

@@ -84,6 +84,7 @@ __all__ = [
     "artifact_scores",
     "foreign_fraction",
     "invented_fraction",
+    "invented_mask",
     "luminance",
 ]
 
@@ -258,6 +259,28 @@ def invented_fraction(source: np.ndarray, source_keypoints: np.ndarray, target_k
     Raises:
         ValueError: keypoints that are not 17 ``(x, y, score)`` rows.
     """
+    found = invented_mask(source, source_keypoints, target_keypoints, min_score=min_score)
+    if found is None:
+        return float("nan")
+    repair, inside = found
+    return float(repair[inside].mean())
+
+
+def invented_mask(source: np.ndarray, source_keypoints: np.ndarray, target_keypoints: np.ndarray, *,
+                  min_score: float = 0.5) -> tuple[np.ndarray, np.ndarray] | None:  # fmt: skip
+    """Where the default model's warp must invent pixels, in the source's 256x128 letterbox frame
+    (:mod:`posegen.latent.frame`).
+
+    Args: as :func:`invented_fraction`.
+
+    Returns:
+        ``(repair float32 [256, 128] in [0, 1], inside bool [256, 128])``: :func:`posegen.repose.latent.warp_inputs`'
+        repair mask and the source's region of the frame; None when either pose has fewer than 2
+        present joints.
+
+    Raises:
+        ValueError: keypoints that are not 17 ``(x, y, score)`` rows.
+    """
     import torch
 
     from ..latent import letterbox_params, to_frame_keypoints
@@ -266,7 +289,7 @@ def invented_fraction(source: np.ndarray, source_keypoints: np.ndarray, target_k
     sk = np.asarray(source_keypoints, np.float32).reshape(17, 3)
     tk = np.asarray(target_keypoints, np.float32).reshape(17, 3)
     if min((sk[:, 2] >= min_score).sum(), (tk[:, 2] >= min_score).sum()) < 2:
-        return float("nan")
+        return None
     src = np.asarray(source, dtype=np.uint8)
     box = letterbox_params((src.shape[1], src.shape[0]), FRAME_HW)
     x = torch.from_numpy(np.ascontiguousarray(box.image_to_frame(src))).permute(2, 0, 1)[None].float() / 255.0
@@ -274,7 +297,7 @@ def invented_fraction(source: np.ndarray, source_keypoints: np.ndarray, target_k
     skp = torch.from_numpy(to_frame_keypoints(sk, box))[None]
     tkp = torch.from_numpy(to_frame_keypoints(tk, box))[None]
     _, repair = warp_inputs(x, skp, tkp, min_score, return_repair=True, inside=inside, upscale=box.scale[0])
-    return float(repair[inside >= 0.5].mean())
+    return repair[0, 0].numpy(), inside[0, 0].numpy() >= 0.5
 
 
 def foreign_fraction(source_keypoints: np.ndarray, target_keypoints: np.ndarray, hw: tuple[int, int] = WORK_HW, *, min_score: float = 0.5) -> float:

@@ -22,8 +22,12 @@ seams. For a source image, its keypoints and a target pose (all in the 256x128 l
    (133 channels at 32x16).
 4. **SDEdit** (Meng et al. 2022, "SDEdit: Guided Image Synthesis and Editing with Stochastic
    Differential Equations"): the warped latent is noised to ``strength`` (0 = the warp unchanged,
-   1 = pure noise) and denoised in a few DDIM steps (Song et al. 2021); the model is trained on
-   exactly that timestep range.
+   1 = pure noise) and denoised in a few DDIM steps (Song et al. 2021). With ``repair_strength``
+   above ``strength`` the latent cells of the repair mask start from (nearly) pure noise and the
+   rest joins at ``strength`` (a per-cell strength map, as Differential Diffusion, Levin & Fried
+   2023): the interpolated fill is a smooth blur that SDEdit at 0.4 keeps, so the model must paint
+   that region, not touch it up. The model is trained on the whole timestep range it samples,
+   with the loss weighted up in that region (:mod:`posegen.repose.latent_train`).
 5. **Repair only** (default): the decoded output replaces the pixel warp only inside the repair
    mask of :func:`warp_inputs` (where the warp invented pixels; on a plain backdrop only where the
    body samples outside the source frame), as inpainting pipelines keep the unmasked pixels. Measured on 60 same-view CUHK03 val pairs at step 2400, strength 0.3: SSIM

@@ -8,7 +8,8 @@ outside the repository, ``../shared/weights/taef2``): :func:`load_latent_pipelin
 local folder and checks its fingerprint against the one the model was trained with.
 
 A saved pipeline is a folder ``model_index.json`` + ``unet/`` + ``scheduler/``;
-``model_index.json`` also holds the sampling defaults (``strength``, ``num_inference_steps``) and
+``model_index.json`` also holds the sampling defaults (``strength``, ``num_inference_steps``,
+``repair_only``, ``repair_strength``; a model saved before ``repair_strength`` existed has none) and
 the autoencoder fingerprint.
 """
 

@@ -92,7 +92,8 @@ class LatentTrainConfig:
     #: per-element weight is ``1 + repair_loss_weight * mask``, normalised by its batch mean; 0 = plain MSE
     repair_loss_weight: float = 0.0
     #: a model folder (:func:`save_latent_model` layout) whose ``unet`` initialises a new run
-    #: (fine-tuning); its architecture must equal this configuration's. None: random initialisation
+    #: (fine-tuning), or ``"default"`` for the shipped default model; its architecture must equal
+    #: this configuration's. None: random initialisation
     init_from: str | None = None
 
     def __post_init__(self):
@@ -338,7 +339,8 @@ def train_latent(
 
 
 def _init_weights(unet, model_dir: str | os.PathLike) -> None:
-    """Load the ``unet`` of a saved latent model folder into ``unet`` (float32, strict).
+    """Load the ``unet`` of a saved latent model folder (``"default"``: the shipped default model)
+    into ``unet`` (float32, strict).
 
     Raises:
         FileNotFoundError: ``model_dir/unet`` is missing.
@@ -346,6 +348,10 @@ def _init_weights(unet, model_dir: str | os.PathLike) -> None:
     """
     from diffusers import UNet2DModel
 
+    if str(model_dir) == "default":
+        from .pipeline import default_model_dir
+
+        model_dir = default_model_dir()
     src = Path(model_dir) / "unet"
     if not (src / "config.json").is_file():
         raise FileNotFoundError(f"init_from: no model at {src} (expected config.json and weights)")
