@@ -21,7 +21,7 @@ made by the other checks only. Then, over the outputs those checks keep:
 Prints a table and writes ``benchmarks/results/<stem>.{json,md}`` (stem ``ghost_check`` or
 ``invented_check``). Usage::
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/ghost_check.py [--check foreign|invented] [--limit 120] [--out DIR]
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/ghost_check.py [--check foreign|invented] [--limit 120] [--out DIR] [--model DIR]
 """
 
 from __future__ import annotations
@@ -112,6 +112,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=120)
     ap.add_argument("--out", type=Path, default=None, help="augment OUT (default runs/ghost-check or runs/invented-check)")
     ap.add_argument("--strip", type=int, default=20)
+    ap.add_argument("--model", type=Path, default=None, help="a model folder or training run (default: the shipped model)")
     args = ap.parse_args()
     field, column, thresholds, stem, title = CHECKS[args.check]
     out = args.out or REPO / "runs" / ("ghost-check" if args.check == "foreign" else "invented-check")
@@ -122,7 +123,8 @@ def main() -> None:
     recipe = base.model_copy(update={"filter": base.filter.model_copy(update={field: None})})
     t0 = time.perf_counter()
     with get_backend() as be:
-        m = augment(TRAIN, out, recipe=recipe, backend=be, limit=args.limit, reid_weights=OSNET, resume=out.exists())
+        m = augment(TRAIN, out, recipe=recipe, backend=be, limit=args.limit, reid_weights=OSNET, resume=out.exists(),
+                    model=args.model)  # fmt: skip
     seconds = time.perf_counter() - t0
     syn = m[m["synthetic"].astype(bool) & (m["k"] > 0)]
     kept = syn[syn["kept"].astype(bool)].sort_values(column, ascending=False)
