@@ -53,12 +53,12 @@ Scores (:func:`artifact_scores`):
     source pixel for, the repair mask of :func:`posegen.repose.latent.warp_inputs` (the source's
     moved body filled in from its surroundings where the warped body does not cover it, and body
     pixels that would sample outside the source frame). On a tight street crop the background
-    behind the person is mostly unknown, so that fill is a smooth blur which the repair model
-    cannot texture: a large share shows as a grey blob or smeared legs. On the README main job with
-    the check off (``benchmarks/ghost_check.py --check invented``, strips
-    ``benchmarks/results/invented_check-top.jpg`` / ``-low.jpg``), the 20 kept outputs with the
-    highest share (0.25-0.42) nearly all show such a blob; of the 20 lowest (0.00-0.06) one shows a
-    doubled limb and none a blob. At 0.2, 241 of its 284 kept outputs stay.
+    behind the person is mostly unknown: the default model repaints that region, but legs drawn
+    into a large one come out broken or smeared. On the README main job with the check off
+    (``benchmarks/ghost_check.py --check invented``, strips
+    ``benchmarks/results/invented_check-top.jpg`` / ``-low.jpg``), most of the 20 kept outputs
+    with the highest share (0.24-0.35) show such legs; of the 20 lowest (0.00-0.06) one shows
+    doubled shorts. At 0.2, 242 of its 282 kept outputs stay.
 
 The thresholds (:class:`posegen.recipe.FilterConfig` ``max_hole_fraction``, ``max_seam_fraction``,
 ``min_sharpness_ratio``) come from ``benchmarks/filter_thresholds.py``

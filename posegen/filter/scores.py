@@ -16,7 +16,7 @@ first failing check in this order (the order is part of the contract: reports an
    warp samples another body part of the source (ghost limbs), above ``max_foreign_fraction``
    (None = off; predicted from the two poses);
 5c. ``"invented background (invented fraction > t)"`` — the share of the frame the default model's
-   warp has no source pixel for (a blurred fill that shows as a grey blob or smeared legs), above
+   warp has no source pixel for (repainted by the model, with broken or smeared legs when large), above
    ``max_invented_fraction`` (None = off; predicted from the source image and the two poses).
    The artifact checks (:mod:`posegen.filter.artifacts`, computed at 256x128) need the source
    image and both poses with >= 2 present joints; otherwise their scores are NaN and they are not
