@@ -346,26 +346,33 @@ def _default_model():
     return d
 
 
+def _val_pairs(blazepose, n):
+    """The first ``n`` pairs of the committed same-view benchmark list (CUHK03 val): source and
+    target images, their BlazePose keypoints (source pixels) and the target sizes ``(w, h)``."""
+    from posegen.data.images import read_image
+
+    from conftest import REPO
+
+    val = require(CUHK03 / "val")
+    pairs = pd.read_csv(REPO / "benchmarks" / "quality_pairs_same_view.csv").head(n)
+    src = [read_image(val / p) for p in pairs["source"]]
+    tgt = [read_image(val / p) for p in pairs["target"]]
+    src_kp = np.stack([blazepose.estimate(im) for im in src])
+    tgt_kp = np.stack([blazepose.estimate(im) for im in tgt])
+    return src, tgt, src_kp, tgt_kp, [(im.shape[1], im.shape[0]) for im in tgt]
+
+
 def test_default_model_reposes_real_val_pairs(blazepose):
     """The first 8 pairs of the committed same-view benchmark list (CUHK03 val, identities never seen
     in training): the outputs have a person in the target pose (mean OKS to the target pose the model
     used, measured 0.61; per pair 0.40-0.86), at the sources' sizes, in under a minute on a CPU."""
-    from posegen.data.images import read_image
     from posegen.metrics import oks
     from posegen.pose.backends import NoPersonFound
     from posegen.pose.keypoints import scale_keypoints
     from posegen.repose import load_pipeline
 
-    from conftest import REPO
-
     _default_model()
-    val = require(CUHK03 / "val")
-    pairs = pd.read_csv(REPO / "benchmarks" / "quality_pairs_same_view.csv").head(8)
-    src = [read_image(val / p) for p in pairs["source"]]
-    tgt = [read_image(val / p) for p in pairs["target"]]
-    src_kp = np.stack([blazepose.estimate(im) for im in src])
-    tgt_kp = np.stack([blazepose.estimate(im) for im in tgt])
-    sizes = [(im.shape[1], im.shape[0]) for im in tgt]
+    src, _, src_kp, tgt_kp, sizes = _val_pairs(blazepose, 8)
     t0 = time.perf_counter()
     pipe = load_pipeline(None)
     out, used = pipe(src, src_kp, tgt_kp, target_sizes=sizes, generator=[torch.Generator().manual_seed(0) for _ in src],
@@ -387,19 +394,10 @@ def test_repair_strength_regenerates_only_the_invented_region(blazepose):
     invented start from more noise; with ``repair_only`` the real pixels elsewhere are untouched, so
     the outputs differ from plain SDEdit in a part of the frame only. Out-of-range values are a
     ValueError."""
-    from posegen.data.images import read_image
     from posegen.repose import load_pipeline
 
-    from conftest import REPO
-
     _default_model()
-    val = require(CUHK03 / "val")
-    pairs = pd.read_csv(REPO / "benchmarks" / "quality_pairs_same_view.csv").head(2)
-    src = [read_image(val / p) for p in pairs["source"]]
-    tgt = [read_image(val / p) for p in pairs["target"]]
-    src_kp = np.stack([blazepose.estimate(im) for im in src])
-    tgt_kp = np.stack([blazepose.estimate(im) for im in tgt])
-    sizes = [(im.shape[1], im.shape[0]) for im in tgt]
+    src, _, src_kp, tgt_kp, sizes = _val_pairs(blazepose, 2)
     pipe = load_pipeline(None)
 
     def run(rs):
