@@ -102,8 +102,8 @@ class LatentReposePipeline(DiffusionPipeline):
             target_sizes: ``(width, height)`` the target keypoints refer to, one or ``[B, 2]``.
             num_inference_steps: DDIM steps actually run (default: the model's).
             strength: SDEdit strength in ``(0, 1]``: the warped latent is noised to timestep
-                ``strength * T`` (0 would return the warp, 1 starts from pure noise; the model was
-                trained on ``strength <= 0.6``). Default: the model's.
+                ``strength * T`` (0 would return the warp, 1 starts from pure noise; a model trained
+                with ``strength_max`` < 1 only knows that range). Default: the model's.
             generator: None, one ``torch.Generator``, or one per sample (sample ``i`` then depends
                 only on its own inputs and generator).
             output_type: ``"np"``: a list of ``uint8 [H_i, W_i, 3]`` at each SOURCE's size (the
