@@ -76,3 +76,32 @@ def test_train_then_repose(tmp_path, cuhk03_small):
     res = runner.invoke(app, ["repose", "--model", str(tmp_path / "nope"), "--source", str(source),
                               "--target-pose", str(target), "--out", str(tmp_path / "x.png")])  # fmt: skip
     assert res.exit_code == 2 and "nope" in res.output
+
+
+
+def test_train_default_recipe_fine_tunes_the_shipped_model(tmp_path, cuhk03_small):
+    """``posegen train --recipe default`` is the repair fine-tuning stage: it starts from the shipped
+    default model's weights (``latent.init_from: default``), not from a random network, and saves a
+    model with the recipe's sampling defaults (repair strength, 8 steps)."""
+    import json
+
+    from diffusers import UNet2DModel
+
+    from conftest import SHARED, require
+    from posegen.pose.formats import write_poses
+    from posegen.repose import default_model_dir
+
+    require(SHARED / "weights" / "taef2")
+    root, _, poses = cuhk03_small
+    poses_file = write_poses(poses, tmp_path / "poses.parquet")
+    run = tmp_path / "run"
+    res = runner.invoke(app, ["train", "--recipe", "default", "--data", str(root), "--poses", str(poses_file),
+                              "--out", str(run), "--steps", "1"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert json.loads((run / "config.json").read_text())["init_from"] == "default"
+    index = json.loads((run / "model" / "model_index.json").read_text())
+    assert index["repair_strength"] == 0.85 and index["num_inference_steps"] == 8
+    tuned = UNet2DModel.from_pretrained(str(run / "model" / "unet")).state_dict()
+    shipped = UNet2DModel.from_pretrained(str(default_model_dir() / "unet")).state_dict()
+    # one step at the first warm-up learning rate, then the EMA: the shipped weights almost exactly
+    assert max(float((tuned[k].float() - v.float()).abs().max()) for k, v in shipped.items()) < 1e-3
