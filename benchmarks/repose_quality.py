@@ -451,9 +451,8 @@ class FrameScorer:
         from posegen.metrics import psnr, ssim
 
         frames = np.stack([resize_image(o, self.compare_hw) for o in outputs])
-        texture = [invented_texture(o, s, sk, uk, t, tk, ts)
-                   for o, s, sk, uk, t, tk, ts in zip(outputs, self.src_images, self.src_kp, used_kp, self.tgt_images,
-                                                      self.tgt_kp, self.tgt_size)]  # fmt: skip
+        texture = [invented_texture(o, s, sk, uk, t, ts)
+                   for o, s, sk, uk, t, ts in zip(outputs, self.src_images, self.src_kp, used_kp, self.tgt_images, self.tgt_size)]  # fmt: skip
         fb = filter_batch(
             outputs, self.src_images, self.src_kp, used_kp, self.recipe.filter, self.backend,
             embedder=self.embedder, source_embeddings=self.src_emb, min_score=self.recipe.pose.min_score,
@@ -474,7 +473,7 @@ class FrameScorer:
         )
 
 
-def invented_texture(output, source, source_kp, used_kp, target, target_kp, target_size, min_area: float = 0.02) -> float:
+def invented_texture(output, source, source_kp, used_kp, target, target_size, min_area: float = 0.02) -> float:
     """How textured the pixels the warp invented are, relative to the real target there: the mean
     grey-level gradient magnitude (|dx| + |dy|, grey in 0..1) of ``output`` over the repair region
     (:func:`posegen.filter.artifacts.invented_mask` >= 0.5, in the source's 256x128 letterbox
@@ -484,7 +483,7 @@ def invented_texture(output, source, source_kp, used_kp, target, target_kp, targ
     ``min_area`` of the frame or the target is flat there.
 
     ``output``, ``source``, ``target``: ``uint8 [H, W, 3]``; ``source_kp``, ``used_kp``: ``[17, 3]``
-    in source pixels; ``target_kp`` unused (kept for symmetry); ``target_size``: ``(w, h)``."""
+    in source pixels (x right, y down); ``target_size``: the target image's ``(w, h)``."""
     from posegen.filter.artifacts import invented_mask
     from posegen.latent import letterbox_params
     from posegen.repose.latent import FRAME_HW

@@ -209,10 +209,10 @@ def test_invented_texture_tells_a_smooth_fill_from_real_texture():
     used = src_kp.copy()
     used[[13, 15], 0] -= 8  # the legs spread
     used[[14, 16], 0] += 8
-    assert rq.invented_texture(scene, scene, src_kp, used, scene, used, (64, 128)) == pytest.approx(1.0)
+    assert rq.invented_texture(scene, scene, src_kp, used, scene, (64, 128)) == pytest.approx(1.0)
     repair, _ = invented_mask(scene, src_kp, used)
     box = letterbox_params((64, 128), (256, 128))
     frame = box.image_to_frame(scene)
     frame[repair >= 0.3] = 128
-    assert rq.invented_texture(box.frame_to_image(frame), scene, src_kp, used, scene, used, (64, 128)) < 0.2
-    assert np.isnan(rq.invented_texture(scene, scene, src_kp, src_kp, scene, src_kp, (64, 128)))  # nothing invented
+    assert rq.invented_texture(box.frame_to_image(frame), scene, src_kp, used, scene, (64, 128)) < 0.2
+    assert np.isnan(rq.invented_texture(scene, scene, src_kp, src_kp, scene, (64, 128)))  # nothing invented
