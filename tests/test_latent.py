@@ -280,8 +280,8 @@ def test_training_refuses_missing_latents(tmp_path):
 
 def test_repair_weighted_fine_tuning_starts_from_a_saved_model_and_resumes(tmp_path):
     """``init_from`` loads a saved model's weights (fine-tuning), refuses another architecture by
-    name, and a run with the repair-weighted loss over the whole timestep range resumes bit for bit."""
-    from posegen.repose.latent_train import LatentTrainConfig, _init_weights, save_latent_model, train_latent
+    name and a model trained on another autoencoder's latents, and a run with the repair-weighted loss over the whole timestep range resumes bit for bit."""
+    from posegen.repose.latent_train import LatentTrainConfig, _init_weights, check_init_autoencoder, save_latent_model, train_latent
     from posegen.repose.latent import make_denoiser
 
     latents, kp, pairs = _tiny_data()
@@ -298,6 +298,9 @@ def test_repair_weighted_fine_tuning_starts_from_a_saved_model_and_resumes(tmp_p
         _init_weights(make_denoiser([32, 64, 64], 1, False), tmp_path / "donor")
     with pytest.raises(FileNotFoundError, match="nowhere"):
         _init_weights(fresh, tmp_path / "nowhere")
+    check_init_autoencoder(tmp_path / "donor", "fp")  # the autoencoder it was trained with
+    with pytest.raises(ValueError, match="another autoencoder"):
+        check_init_autoencoder(tmp_path / "donor", "other")
 
     cfg = LatentTrainConfig(**{**base.__dict__, "steps": 4, "strength_max": 1.0, "repair_loss_weight": 4.0,
                                "init_from": str(tmp_path / "donor")})  # fmt: skip

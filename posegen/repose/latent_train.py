@@ -60,6 +60,7 @@ __all__ = [
     "LatentTrainConfig",
     "make_noise_scheduler",
     "autoencoder_fingerprint",
+    "check_init_autoencoder",
     "encode_images",
     "latent_pairs",
     "train_latent",
@@ -348,11 +349,7 @@ def _init_weights(unet, model_dir: str | os.PathLike) -> None:
     """
     from diffusers import UNet2DModel
 
-    if str(model_dir) == "default":
-        from .pipeline import default_model_dir
-
-        model_dir = default_model_dir()
-    src = Path(model_dir) / "unet"
+    src = _init_dir(model_dir) / "unet"
     if not (src / "config.json").is_file():
         raise FileNotFoundError(f"init_from: no model at {src} (expected config.json and weights)")
     init = UNet2DModel.from_pretrained(str(src)).float()
@@ -361,6 +358,33 @@ def _init_weights(unet, model_dir: str | os.PathLike) -> None:
     if diff:
         raise ValueError(f"init_from: {src} differs from the configured denoiser in {diff}")
     unet.load_state_dict(init.state_dict(), strict=True)
+
+
+def _init_dir(model_dir: str | os.PathLike) -> Path:
+    """The folder of an ``init_from`` value (``"default"``: the shipped default model)."""
+    if str(model_dir) == "default":
+        from .pipeline import default_model_dir
+
+        return Path(default_model_dir())
+    return Path(model_dir)
+
+
+def check_init_autoencoder(model_dir: str | os.PathLike, fingerprint: str) -> None:
+    """Refuse to fine-tune a model trained on another autoencoder's latents.
+
+    Args:
+        model_dir: the ``init_from`` model folder (or ``"default"``).
+        fingerprint: :func:`autoencoder_fingerprint` of the run's autoencoder.
+
+    Raises:
+        ValueError: the model's ``model_index.json`` names a different ``autoencoder_fingerprint``
+            (a model without one, e.g. a bare ``unet`` folder, is not checked).
+    """
+    index = _init_dir(model_dir) / "model_index.json"
+    want = json.loads(index.read_text()).get("autoencoder_fingerprint", "") if index.is_file() else ""
+    if want and want != fingerprint:
+        raise ValueError(f"init_from: {_init_dir(model_dir)} was trained on another autoencoder's latents "
+                         f"(fingerprint {want} != {fingerprint} of latent.autoencoder)")  # fmt: skip
 
 
 def _save_checkpoint(run_dir: Path, step: int, unet, optimizer, ema) -> None:
@@ -545,7 +569,8 @@ def train_latent_recipe(
         recipe as ``recipe.yaml``.
 
     Raises:
-        ValueError: no latent section, or no same-identity pairs of usable images.
+        ValueError: no latent section, no same-identity pairs of usable images, or an ``init_from``
+            model trained with another autoencoder (:func:`check_init_autoencoder`).
         FileNotFoundError: the TAEF2 weights are missing.
     """
     import yaml
@@ -557,12 +582,14 @@ def train_latent_recipe(
         cfg.steps = int(steps)
     run_dir = Path(run_dir)
     ae = load_taef2(recipe.latent.autoencoder)
+    fingerprint = autoencoder_fingerprint(ae)
+    if cfg.init_from is not None:
+        check_init_autoencoder(cfg.init_from, fingerprint)
     cb = progress or (lambda stage, done, total: None)
     latents, kps, pairs = prepare_training_data(
         data_dir, poses, ae, run_dir / "latent-cache", min_score=recipe.pose.min_score,
         min_keypoints=recipe.latent.min_keypoints, layout=layout, progress=lambda d, t: cb("encode", d, t),
     )  # fmt: skip
-    fingerprint = autoencoder_fingerprint(ae)
 
     def save(unet, out):
         save_latent_model(unet, out, cfg, fingerprint, strength=recipe.sample.strength,
