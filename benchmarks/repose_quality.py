@@ -31,8 +31,10 @@ commit. Usage::
 **Latent models** (posegen's default model, :class:`posegen.repose.LatentReposePipeline`; ``MODEL``
 may be ``default``) are measured on TWO pair sets: the cross-view pairs above and a committed list
 of **same-view** pairs (``benchmarks/quality_pairs_same_view.csv``: per pid one pair inside view A
-and one inside view B, another frame of the same walk — what ``augment`` asks for), next to the
-baselines "output = source", "limb warp" (the original warp, free part transforms, no background),
+and one inside view B, another frame of the same walk — what ``augment`` asks for), next to a
+reference, "output = the real target photo" (its identity is how close a real photo of the person
+in the target pose is to the source: an output that honours a change of view should not be expected
+to score above it), the baselines "output = source", "limb warp" (the original warp, free part transforms, no background),
 "limb warp over the source" (part scale <= 1.25, composited over the source image), "constrained
 warp over the source" (bounded transforms, view-robust torso and upright head) and "constrained warp
 + filled background" (the model's starting point), and the model at several SDEdit strengths
@@ -77,7 +79,8 @@ from posegen.data.images import read_image
 from posegen.pose.backends import DEFAULT_BACKEND, get_backend
 from posegen.pose.extract import extract_poses, usable_poses
 from posegen.pose.formats import keypoints_array
-from posegen.pose.keypoints import scale_keypoints
+from posegen.metrics.pose import oks
+from posegen.pose.keypoints import COCO17_FLIP_INDEX, scale_keypoints
 from posegen.recipe import load_recipe
 from posegen.repose import load_pipeline
 from posegen.repose.render import resize_image
@@ -183,6 +186,7 @@ class Scorer:
                 "ssim": ssim(outputs, self.tgt_model),
                 "psnr": psnr(outputs, self.tgt_model),
                 "oks": fb["oks"].fillna(0.0).to_numpy(),
+                "oks_swapped": np.nan_to_num(np.asarray(swapped, np.float64)),
                 "pck": fb["pck"].fillna(0.0).to_numpy(),
                 "person_found": (fb["n_keypoints"] > 0).to_numpy(),
                 "identity": fb["identity_sim"].to_numpy(),
@@ -217,12 +221,14 @@ def generate(pipe, scorer: Scorer, steps: int, batch_size: int, seed: int, **gui
 def by_facing(df: pd.DataFrame, source_kp: np.ndarray, target_kp: np.ndarray) -> dict:
     """Per-pair metrics split by the change of facing (:func:`posegen.pose.keypoints.pose_view` of
     the source and target poses): ``opposite`` (front onto back or the reverse), ``side`` (either
-    side-on or unknown), ``same``; each ``{"pairs", "oks", "identity", "ssim"}`` (means)."""
+    side-on or unknown), ``same``; each ``{"pairs", "oks", "identity", "ssim"}`` (means), plus
+    ``oks_swapped`` (OKS to the target with left and right exchanged: high where the output is
+    found facing the source's way rather than the target's) when ``df`` has it."""
     from posegen.pose.keypoints import pose_view
 
     fs, ft = pose_view(source_kp)["facing"].astype(int), pose_view(target_kp)["facing"].astype(int)
     cat = np.where(fs * ft == -1, "opposite", np.where((fs == 0) | (ft == 0), "side", "same"))
-    return {c: {"pairs": int((cat == c).sum()), **{m: float(df.loc[cat == c, m].mean()) for m in ("oks", "identity", "ssim")}}
+    return {c: {"pairs": int((cat == c).sum()), **{m: float(df.loc[cat == c, m].mean()) for m in ("oks", "identity", "ssim", "oks_swapped") if m in df}}
             for c in ("opposite", "side", "same") if (cat == c).any()}  # fmt: skip
 
 
@@ -327,6 +333,8 @@ def main() -> None:
                     help="latent models: SDEdit strength where the warp invented pixels (default: the model's; <= strength: off)")
     ap.add_argument("--starts", nargs="+", default=["pixel"], choices=["pixel", "latent"], help="latent models: SDEdit start")
     ap.add_argument("--no-baselines", action="store_true", help="latent models: only the model rows")
+    ap.add_argument("--no-turned-head", action="store_true",
+                    help="latent models: do not repaint the head of a person who turns round (the model's default otherwise)")
     ap.add_argument("--sets", nargs="+", default=["same-view", "cross-view"], choices=["same-view", "cross-view", "fashion"],
                     help="latent models: pair sets (fashion: the 95 DeepFashion pairs of ../shared/data/deepfashion-samples)")
     ap.add_argument("--modes", nargs="+", default=["repair"], choices=["repair", "whole"],
@@ -456,13 +464,17 @@ class FrameScorer:
         fb = filter_batch(
             outputs, self.src_images, self.src_kp, used_kp, self.recipe.filter, self.backend,
             embedder=self.embedder, source_embeddings=self.src_emb, min_score=self.recipe.pose.min_score,
-            frame_hw=FRAME,
+            frame_hw=FRAME, return_keypoints=True,
         )  # fmt: skip
+        swap = list(COCO17_FLIP_INDEX)  # the target with left and right exchanged
+        swapped = [oks(np.asarray(d, np.float32), u[swap], min_score=self.recipe.pose.min_score) if p else 0.0
+                   for d, u, p in zip(fb["keypoints"], used_kp, fb["n_keypoints"] > 0)]  # fmt: skip
         return pd.DataFrame(
             {
                 "ssim": ssim(frames, self.tgt_frame),
                 "psnr": psnr(frames, self.tgt_frame),
                 "oks": fb["oks"].fillna(0.0).to_numpy(),
+                "oks_swapped": np.nan_to_num(np.asarray(swapped, np.float64)),
                 "pck": fb["pck"].fillna(0.0).to_numpy(),
                 "person_found": (fb["n_keypoints"] > 0).to_numpy(),
                 "identity": fb["identity_sim"].to_numpy(),
@@ -514,14 +526,14 @@ def warp_baseline(scorer: FrameScorer, kind: str, autoencoder=None) -> tuple[lis
     from posegen.repose.warp import CONSTRAINED_WARP, composite, limb_flow, warp
 
     outs, used = [], []
-    for im, sk, tk, ts in zip(scorer.src_images, scorer.src_kp, scorer.tgt_kp, scorer.tgt_size):
+    for im, sk, tk, ts, real in zip(scorer.src_images, scorer.src_kp, scorer.tgt_kp, scorer.tgt_size, scorer.tgt_images):
         box = letterbox_params((im.shape[1], im.shape[0]), FRAME_HW)
         tbox = letterbox_params((int(ts[0]), int(ts[1])), FRAME_HW)
         skp = torch.from_numpy(to_frame_keypoints(sk, box))[None]
         tkp = torch.from_numpy(to_frame_keypoints(tk, tbox))[None]
         used.append(from_frame_keypoints(tkp[0].numpy(), box))
-        if kind == "source":
-            outs.append(im)
+        if kind in ("source", "target"):  # the target: the real photo, at the source's size
+            outs.append(im if kind == "source" else resize_image(real, (im.shape[0], im.shape[1])))
             used[-1] = scale_keypoints(tk, (int(ts[0]), int(ts[1])), (im.shape[1], im.shape[0]))
             continue
         x = torch.from_numpy(box.image_to_frame(im)).permute(2, 0, 1)[None].float() / 255.0
@@ -551,7 +563,7 @@ def warp_baseline(scorer: FrameScorer, kind: str, autoencoder=None) -> tuple[lis
 
 
 def latent_generate(pipe, scorer: FrameScorer, *, steps: int | None, strength: float, batch_size: int, seed: int, start: str = "pixel",
-                    repair_only=None, repair_strength: float | None = None):  # fmt: skip
+                    repair_only=None, repair_strength: float | None = None, turned_head: bool | None = None):  # fmt: skip
     """The model's outputs (sources' sizes), the used target pose in source pixels, and images/s."""
     outs, used = [], []
     n = len(scorer.pairs)
@@ -563,7 +575,7 @@ def latent_generate(pipe, scorer: FrameScorer, *, steps: int | None, strength: f
         imgs, kp = pipe(
             scorer.src_images[sl], scorer.src_kp[sl], scorer.tgt_kp[sl], target_sizes=scorer.tgt_size[sl],
             num_inference_steps=steps, strength=strength, generator=gens, align=False, return_keypoints=True,
-            start=start, repair_only=repair_only, repair_strength=repair_strength,
+            start=start, repair_only=repair_only, repair_strength=repair_strength, turned_head=turned_head,
         )  # fmt: skip
         outs += imgs
         used += [scale_keypoints(k, (int(ts[0]), int(ts[1])), (im.shape[1], im.shape[0]))
@@ -572,6 +584,7 @@ def latent_generate(pipe, scorer: FrameScorer, *, steps: int | None, strength: f
 
 
 BASELINES = (
+    ("target", "reference: output = the real target photo"),
     ("source", "baseline: output = source"),
     ("warp", "limb warp (free parts, no background)"),
     ("warp-source", "limb warp over the source (part scale <= 1.25)"),
@@ -584,12 +597,12 @@ BASELINES = (
 
 def evaluate_latent(model_dir, pair_sets: dict, poses, recipe, backend, *, strengths, steps, batch_size, seed,
                     starts=("pixel",), repair_modes=(True,), baselines=True, data: dict | None = None,
-                    repair_strength: float | None = None) -> dict:  # fmt: skip
+                    repair_strength: float | None = None, turned_head: bool | None = None) -> dict:  # fmt: skip
     """Rows per pair set: the baselines and the model at each strength.
 
     ``data`` maps a pair set's name to ``(root, poses, compare_hw)`` when it is not a CUHK03 val set
     (the fashion pairs); the others use ``poses`` and the CUHK03 val root. ``steps`` and
-    ``repair_strength`` None: the model's own sampling defaults."""
+    ``repair_strength`` and ``turned_head`` None: the model's own sampling defaults."""
     from posegen.metrics import ReidEmbedder
 
     from posegen.filter import load_embedder
@@ -615,10 +628,13 @@ def evaluate_latent(model_dir, pair_sets: dict, poses, recipe, backend, *, stren
             for start in starts:
                 for ro in repair_modes:
                     outs, used, rate = latent_generate(pipe, scorer, steps=steps, strength=st, batch_size=batch_size,
-                                                       seed=seed, start=start, repair_only=ro, repair_strength=rs)  # fmt: skip
+                                                       seed=seed, start=start, repair_only=ro, repair_strength=rs,
+                                                       turned_head=turned_head)  # fmt: skip
                     mode = "repair only" if ro else "whole image"
                     if rs is not None and rs > st:
                         mode += f", repair strength {rs}"
+                        if turned_head is False:
+                            mode += ", turned head not repainted"
                     rows.append({"model": f"model, strength {st}, start={start}, {mode}", "steps": steps,
                                  "images_per_s": rate, **summary(outs, used)})  # fmt: skip
         out[name] = rows
@@ -650,6 +666,7 @@ def main_latent(args) -> None:
         results = evaluate_latent(model_dir, sets, poses, recipe, be, strengths=args.strengths, steps=args.latent_steps,
                                   batch_size=args.batch_size, seed=args.seed, starts=args.starts,
                                   baselines=not args.no_baselines, data=data, repair_strength=args.repair_strength,
+                                  turned_head=False if args.no_turned_head else None,
                                   repair_modes=[{"repair": True, "whole": False}[m] for m in args.modes])  # fmt: skip
     result = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -675,10 +692,11 @@ def main_latent(args) -> None:
                 md.append(f"- {r['model']}: rejected by reason {r['rejected_by_reason']}")
         md.append("")
         md.append("By change of facing (pose_view of source and target: opposite = front onto back or the reverse), "
-                  "pairs: OKS / identity / SSIM")  # fmt: skip
+                  "pairs: OKS / identity / SSIM / OKS to the target with left and right swapped")  # fmt: skip
         md.append("")
         for r in rows:
-            parts = [f"{c} {v['pairs']}: {v['oks']:.3f} / {v['identity']:.3f} / {v['ssim']:.3f}" for c, v in r.get("by_facing", {}).items()]
+            parts = [f"{c} {v['pairs']}: {v['oks']:.3f} / {v['identity']:.3f} / {v['ssim']:.3f}"
+                     + (f" / {v['oks_swapped']:.3f}" if "oks_swapped" in v else "") for c, v in r.get("by_facing", {}).items()]  # fmt: skip
             md.append(f"- {r['model']}: " + "; ".join(parts))
         md.append("")
     atomic_write_text(RESULTS / f"repose_quality{suffix}.md", "\n".join(md) + "\n")

@@ -182,6 +182,11 @@ class SampleConfig(_Strict):
         None, gt=0, le=1,
         description="latent model only: SDEdit strength where the warp invented pixels (regenerated); null = strength everywhere",
     )
+    turned_head: bool = Field(
+        False,
+        description="latent model only: with repair_strength above strength, also repaint the head of a person who "
+        "turns round (front onto back or the reverse; the warp has only the other side of the head)",
+    )
 
 
 class PoseConfig(_Strict):

@@ -338,6 +338,38 @@ def test_predicted_repair_mask_marks_the_legs_a_step_leaves():
     assert torch.allclose(share, m.mean((1, 2, 3)))
 
 
+def test_turned_head_is_marked_for_repair_only_when_the_person_turns_round():
+    """Front onto back (the same joints with left and right labels exchanged): the target's head
+    is marked for repair, nothing else; the same facing, or a side view, marks nothing.
+    :func:`warp_inputs` and :func:`predicted_repair_mask` both include it."""
+    from posegen.pose.keypoints import COCO17_FLIP_INDEX, pose_view
+    from posegen.repose.latent import FRAME_HW, predicted_repair_mask, turned_head_mask, warp_inputs
+
+    box = letterbox_params((64, 128), FRAME_HW)
+    src = to_frame_keypoints(standing_pose(), box)
+    back = src[list(COCO17_FLIP_INDEX)]  # same place, facing the other way
+    assert int(pose_view(src)["facing"][0]) * int(pose_view(back)["facing"][0]) == -1
+    m = turned_head_mask(src[None], back[None])
+    assert m.shape == (1, 1, *FRAME_HW)
+    head = np.round(src[:5, :2].mean(0)).astype(int)  # (x, y) in frame pixels
+    assert float(m[0, 0, head[1], head[0]]) == pytest.approx(1.0)
+    ankles = int(src[15, 1])
+    assert float(m[0, 0, ankles - 10 :].max()) == 0.0 and float(m[0, 0, int(src[11, 1]) :].max()) == 0.0  # hips down
+    assert float(turned_head_mask(src[None], src[None]).max()) == 0.0  # same facing
+    side = back.copy()
+    side[[5, 6, 11, 12], 2] = 0.0  # no shoulder or hip pair: the facing is unknown
+    assert float(turned_head_mask(src[None], side[None]).max()) == 0.0
+    x = torch.rand(1, 3, *FRAME_HW)
+    _, repair = warp_inputs(x, src[None], back[None], return_repair=True)
+    assert float(repair[0, 0, head[1], head[0]]) == pytest.approx(1.0)
+    _, same = warp_inputs(x, src[None], src[None], return_repair=True)
+    assert float(same[0, 0, head[1], head[0]]) < 0.05
+    _, off = warp_inputs(x, src[None], back[None], return_repair=True, turned_head=False)  # a sampler that does not repaint
+    assert float(off[0, 0, head[1], head[0]]) < 0.05
+    coarse = predicted_repair_mask(src[None], back[None], (128, 64))
+    assert float(coarse[0, 0, head[1] // 2, head[0] // 2]) == pytest.approx(1.0)
+
+
 # --------------------------------------------------------------------------- the shipped model
 def _default_model():
     from posegen.repose import default_model_dir
@@ -412,6 +444,31 @@ def test_repair_strength_regenerates_only_the_invented_region(blazepose):
     assert 0.005 < float(changed.float().mean()) < 0.5, float(changed.float().mean())
     with pytest.raises(ValueError, match="repair_strength"):
         run(1.5)
+
+
+def test_turned_head_repaints_the_head_only():
+    """The shipped model repaints the head of a person who turns round (``turned_head``, on in its
+    ``model_index.json``), and nothing else: a person turned round in place (left and right labels
+    exchanged) differs from the same call with ``turned_head=False`` in the head only."""
+    from posegen.pose.keypoints import COCO17_FLIP_INDEX
+    from posegen.repose import load_pipeline
+
+    _default_model()
+    pipe = load_pipeline(None)
+    assert pipe.config.turned_head is True
+    rng = np.random.default_rng(0)
+    img = np.clip(rng.normal(120, 40, (128, 64, 3)), 0, 255).astype(np.uint8)
+    src = standing_pose()
+    back = src[list(COCO17_FLIP_INDEX)]
+
+    def run(turned):
+        return pipe([img], src[None], back[None], target_sizes=[(64, 128)], turned_head=turned, num_inference_steps=2,
+                    generator=[torch.Generator().manual_seed(0)], output_type="np")[0]  # fmt: skip
+
+    on, off = run(True), run(False)
+    changed = np.abs(on.astype(int) - off.astype(int)).max(-1) > 2
+    assert changed[:26].any()  # the head (shoulders at row 26 of the 128-row image)
+    assert not changed[40:].any()  # nothing from the elbows down
 
 
 def test_bad_model_folders_are_clear_errors(tmp_path):

@@ -754,6 +754,7 @@ def augment(
         guidance = dict(
             strength=recipe.sample.strength, start=recipe.sample.start, align=recipe.augment.align_targets,
             repair_only=recipe.sample.repair_only, repair_strength=recipe.sample.repair_strength,
+            turned_head=recipe.sample.turned_head,
         )  # fmt: skip
     else:
         guidance = _guidance(recipe) if len(todo) else {}

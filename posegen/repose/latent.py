@@ -57,6 +57,7 @@ __all__ = [
     "pose_maps_latent",
     "predicted_repair_mask",
     "predicted_repair_share",
+    "turned_head_mask",
     "warp_inputs",
     "plain_backdrop",
     "background_texture",
@@ -73,6 +74,9 @@ _BODY_GAIN = 2.0
 #: :func:`background_texture` below which a background is a plain backdrop (see there)
 PLAIN_BACKGROUND = 0.025
 _MIN_BACKGROUND = 0.005  # share of the frame below which the background texture is unknown
+#: Radius of :func:`turned_head_mask`'s disc in person scales (torso lengths): the head and the top
+#: of the shoulders of a standing person. Chosen on the cross-view pairs' OKS (0.25 raised it less).
+HEAD_TURN_RADIUS = 0.35
 _CUT_LEGS = True  # remove a source's legs below its moved hips when its knees are not found
 # pose maps are rendered at twice the latent resolution and average-pooled (smooth, no aliasing)
 _POSE_HW = (2 * LATENT_HW[0], 2 * LATENT_HW[1])
@@ -159,7 +163,7 @@ def latent_conditions(source_latent: torch.Tensor, source_kp, target_kp, min_sco
 
 
 def warp_inputs(source_images: torch.Tensor, source_kp, target_kp, min_score: float = 0.5, *,
-                return_repair: bool = False, inside: torch.Tensor | None = None, upscale=None):  # fmt: skip
+                return_repair: bool = False, inside: torch.Tensor | None = None, upscale=None, turned_head: bool = True):  # fmt: skip
     """The pixel-space warp: the warped body composited over the source, ``[B, 3, 256, 128]``.
 
     Args:
@@ -173,7 +177,13 @@ def warp_inputs(source_images: torch.Tensor, source_kp, target_kp, min_score: fl
             the source's moved parts were filled in and the warped body does not cover them, and
             where the body would sample outside the source frame (the only pixels the warp had to
             invent), slightly dilated; on a plain backdrop (:data:`PLAIN_BACKGROUND`) only the
-            latter: the interpolated backdrop is already right there.
+            latter: the interpolated backdrop is already right there. Plus, where the person
+            turns round (front onto back or the reverse), the target's head
+            (:func:`turned_head_mask` within the warped body, so the background around it is
+            kept): the other side of the head has no source pixel either.
+        turned_head: include that head region in the repair mask (the sampler leaves it out when
+            it does not repaint, ``repair_strength <= strength``: a low-strength pass cannot turn a
+            head, and would only soften the face).
 
     Body pixels whose source location lies outside the frame (a target head higher or feet lower
     than the source's) have no source pixel: the warp's zero padding would paste black there, so
@@ -183,6 +193,7 @@ def warp_inputs(source_images: torch.Tensor, source_kp, target_kp, min_score: fl
     Returns:
         The composite, or ``(composite, repair_mask)``.
     """
+    turned = turned_head_mask(source_kp, target_kp, FRAME_HW, min_score) if return_repair and turned_head else None
     source_kp, target_kp = _paired(source_kp, target_kp, min_score)  # as latent_conditions
     grid, weight = limb_flow(source_kp, target_kp, FRAME_HW, min_score=min_score, **CONSTRAINED_WARP)
     dev = source_images.device
@@ -202,7 +213,8 @@ def warp_inputs(source_images: torch.Tensor, source_kp, target_kp, min_score: fl
     fill = F.interpolate(fill, size=FRAME_HW, mode="bilinear", align_corners=False)
     # a plain backdrop is filled right by the interpolation, and the repair model (trained on street
     # scenes) would paint texture and a halo into it: only a textured background is repaired
-    return out, _repair_mask(fill * (~plain).float()[:, None, None, None], wanted, in_frame, 5)
+    repair = _repair_mask(fill * (~plain).float()[:, None, None, None], wanted, in_frame, 5)
+    return out, repair if turned is None else torch.maximum(repair, turned.to(dev) * wanted)
 
 
 def predicted_repair_mask(source_kp, target_kp, hw=(FRAME_HW[0] // 2, FRAME_HW[1] // 2), min_score: float = 0.5) -> torch.Tensor:
@@ -222,13 +234,69 @@ def predicted_repair_mask(source_kp, target_kp, hw=(FRAME_HW[0] // 2, FRAME_HW[1
     Returns:
         ``float32 [B, 1, h, w]`` in ``[0, 1]``.
     """
+    turned = turned_head_mask(source_kp, target_kp, hw, min_score)
     source_kp, target_kp = _paired(source_kp, target_kp, min_score)
     grid, weight = flow_for(source_kp, target_kp, hw, min_score=min_score)
     fill = F.interpolate(_source_mask(source_kp, target_kp, _POSE_HW, min_score), size=hw, mode="bilinear", align_corners=False)
     wanted = _opaque(weight)
     in_frame = warp(torch.ones_like(fill), grid)
     band = max(1, int(round(5 * hw[0] / FRAME_HW[0])) | 1)  # warp_inputs' 5 px seam band, on this grid
-    return _repair_mask(fill, wanted, in_frame, band)
+    return torch.maximum(_repair_mask(fill, wanted, in_frame, band), turned * wanted)
+
+
+def turned_head_mask(source_kp, target_kp, hw=FRAME_HW, min_score: float = 0.5, radius: float | None = None) -> torch.Tensor:
+    """The target's head, where the person turns round: ``float32 [B, 1, h, w]`` in ``[0, 1]``.
+
+    When the source faces the camera and the target faces away, or the reverse
+    (:func:`posegen.pose.keypoints.pose_view` facing ``+1`` and ``-1``), the warp moves the
+    source's head as it is: a face where the target shows the back of the head, or hair where it
+    shows a face. Those pixels have no source: the disc of ``radius`` times the target's person
+    scale (:func:`posegen.repose.warp.person_scale`) around the mean of the target's present face
+    keypoints (COCO-17 0-4), with :func:`_repair_mask`'s soft seam band; :func:`warp_inputs` and
+    :func:`predicted_repair_mask` mark its part inside the warped body for repair, so the model
+    repaints the head from the target pose (its face keypoints) and the source latent. Without it,
+    on the 88 cross-view pairs of ``benchmarks/repose_quality.py`` that turn round, the pose
+    estimator reads the output as facing the source's way: OKS 0.298 to the target, 0.46 to the
+    target with left and right swapped (``benchmarks/results/repose_quality-head-turn.md`` has the
+    split with it).
+
+    Args:
+        source_kp, target_kp: ``float [B, 17, 3]`` COCO-17 in :data:`FRAME_HW` pixels (x right,
+            y down), the source's labels as detected (not view-matched).
+        hw: the grid ``(h, w)`` the mask is drawn on (the frame scaled).
+        min_score: joint presence threshold.
+        radius: the disc's radius in person scales; None: :data:`HEAD_TURN_RADIUS`.
+
+    Returns:
+        ``float32 [B, 1, h, w]``; all 0 for a pair that does not turn round (same facing, a side
+        view or an unknown facing) or whose target has no face keypoint.
+    """
+    from ..pose.keypoints import pose_view
+    from .warp import person_scale
+
+    src = torch.as_tensor(source_kp, dtype=torch.float32).reshape(-1, 17, 3)
+    tgt = torch.as_tensor(target_kp, dtype=torch.float32).reshape(-1, 17, 3)
+    h, w = int(hw[0]), int(hw[1])
+    out = torch.zeros(tgt.shape[0], 1, h, w)
+    if tgt.shape[0] == 0:
+        return out
+    turn = pose_view(src.numpy(), min_score)["facing"].astype(int) * pose_view(tgt.numpy(), min_score)["facing"].astype(int) < 0
+    face = tgt[:, :5]
+    present = (face[..., 2] >= min_score) & (face[..., 2] > 0)
+    n = present.sum(1)
+    todo = torch.from_numpy(turn) & (n > 0)
+    if not bool(todo.any()):
+        return out
+    sy, sx = h / FRAME_HW[0], w / FRAME_HW[1]
+    centre = (face[..., :2] * present[..., None]).sum(1) / n.clamp_min(1)[:, None]  # frame pixels
+    cx, cy = (centre[:, 0] + 0.5) * sx - 0.5, (centre[:, 1] + 0.5) * sy - 0.5
+    r = (HEAD_TURN_RADIUS if radius is None else float(radius)) * person_scale(tgt, FRAME_HW, min_score=min_score) * sy
+    ys = torch.arange(h, dtype=torch.float32)[None, :, None]
+    xs = torch.arange(w, dtype=torch.float32)[None, None, :]
+    disc = ((xs - cx[:, None, None]) ** 2 + (ys - cy[:, None, None]) ** 2 <= (r**2)[:, None, None]).float()
+    out[:, 0] = disc * todo[:, None, None].float()
+    band = max(1, int(round(5 * h / FRAME_HW[0])) | 1)  # warp_inputs' 5 px seam band, on this grid
+    return F.avg_pool2d(F.max_pool2d(out, band, stride=1, padding=band // 2), band, stride=1, padding=band // 2, count_include_pad=False)
 
 
 def predicted_repair_share(source_kp, target_kp, inside: torch.Tensor | None = None, min_score: float = 0.5) -> torch.Tensor:

@@ -56,6 +56,7 @@ class LatentReposePipeline(DiffusionPipeline):
         min_score: float = 0.5,
         repair_only: bool = False,
         repair_strength: float | None = None,
+        turned_head: bool = False,
     ):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
@@ -63,6 +64,7 @@ class LatentReposePipeline(DiffusionPipeline):
             strength=float(strength), num_inference_steps=int(num_inference_steps),
             autoencoder_fingerprint=str(autoencoder_fingerprint), min_score=float(min_score),
             repair_only=bool(repair_only), repair_strength=None if repair_strength is None else float(repair_strength),
+            turned_head=bool(turned_head),
         )  # fmt: skip
         self.autoencoder: TAEF2 | None = None
 
@@ -88,6 +90,7 @@ class LatentReposePipeline(DiffusionPipeline):
         start: str = "pixel",
         repair_only: bool | None = None,
         repair_strength: float | None = None,
+        turned_head: bool | None = None,
         return_keypoints: bool = False,
     ):
         """Re-pose each source image to its target pose.
@@ -117,7 +120,9 @@ class LatentReposePipeline(DiffusionPipeline):
                 ``"latent"`` = the latent-space warp the model is conditioned on.
             repair_only: paste the model's output only where the warp had to invent pixels (the
                 repair mask of :func:`~posegen.repose.latent.warp_inputs`: the source's moved parts
-                not covered by the warped body, plus a seam band) and keep the warp's real pixels
+                not covered by the warped body, plus a seam band; with ``repair_strength`` above
+                ``strength`` also the head of a person who turns round,
+                :func:`~posegen.repose.latent.turned_head_mask`) and keep the warp's real pixels
                 elsewhere; False = the decoded model output everywhere. Default: the model's.
             repair_strength: SDEdit strength inside the repair region (the latent cells holding
                 any pixel of the repair mask), where the warp's start is a smooth fill the model
@@ -126,6 +131,9 @@ class LatentReposePipeline(DiffusionPipeline):
                 ``strength`` is reached (blended sampling, Avrahami et al. 2023). None or
                 ``<= strength``: one strength everywhere. It needs a model trained on timesteps up
                 to ``repair_strength * T``. Default: the model's (None for older models).
+            turned_head: with ``repair_strength`` above ``strength``, also repaint the head of a
+                person who turns round (:func:`~posegen.repose.latent.turned_head_mask`). Default:
+                the model's (False for older models).
             return_keypoints: also return the target keypoints used (after alignment),
                 ``float32 [B, 17, 3]`` in pixels of ``target_sizes`` (per-axis rescaled from the
                 source's pixels, so ``scale_keypoints(kp, target_size, source_size)`` gives them
@@ -169,6 +177,8 @@ class LatentReposePipeline(DiffusionPipeline):
         min_score = float(self.config.min_score)
         if repair_only is None:
             repair_only = bool(getattr(self.config, "repair_only", False))
+        if turned_head is None:
+            turned_head = bool(getattr(self.config, "turned_head", False))
 
         boxes = [letterbox_params((im.shape[1], im.shape[0]), FRAME_HW) for im in images]
         frames = np.stack([bx.image_to_frame(im) for bx, im in zip(boxes, images)])
@@ -193,7 +203,8 @@ class LatentReposePipeline(DiffusionPipeline):
         cond, warped_latent = latent_conditions(z_src, skp, tkp, min_score)
         inside = torch.from_numpy(np.stack([bx.inside_mask() for bx in boxes]))[:, None].to(device)
         upscale = [bx.scale[0] for bx in boxes]
-        pixel_warp, repair = warp_inputs(x, skp, tkp, min_score, return_repair=True, inside=inside, upscale=upscale)
+        pixel_warp, repair = warp_inputs(x, skp, tkp, min_score, return_repair=True, inside=inside, upscale=upscale,
+                                         turned_head=differential and bool(turned_head))  # fmt: skip
         z0 = ae.encode(pixel_warp) if start == "pixel" else warped_latent
 
         sched = self.scheduler
