@@ -315,3 +315,26 @@ def test_resume_survives_a_recipe_field_added_since(tmp_path):
     (out / ".posegen" / "run.json").write_text(json.dumps({**settings, "recipe": {"augment": {"no_such_field": 1}}}))
     with pytest.raises(OutputDirError, match=r"settings differ.*recipe"):
         _prepare_out(out, settings, resume=True, overwrite=False)
+
+
+def test_target_choice_skips_targets_the_pose_only_checks_would_reject():
+    """``augment``'s target test for the default model predicts the filter's two pose-only checks:
+    a target that would make the warp copy the source's arm onto the torso (foreign-part share above
+    ``max_foreign_fraction``) is refused, the source's own pose passes, and with both checks off
+    there is no test."""
+    from conftest import standing_pose
+
+    from posegen.augment.run import _honour_check
+
+    recipe = load_recipe("default")
+    pose_of = pd.DataFrame({"width": [64], "height": [128]}, index=["a.jpg"])
+    honour = _honour_check(recipe, pose_of)
+    stand = standing_pose()
+    across = stand.copy()
+    across[[7, 9, 8, 10], :2] = [(30, 40), (36, 52), (34, 42), (28, 54)]  # both forearms over the torso
+    assert honour("a.jpg", stand, np.stack([stand, stand])).tolist() == [True, True]
+    assert honour("a.jpg", across, stand[None]).tolist() == [False]
+    off = recipe.model_copy(update={"filter": recipe.filter.model_copy(update={"max_foreign_fraction": None})})
+    assert _honour_check(off, pose_of)("a.jpg", across, stand[None]).tolist() == [True]  # the foreign test is off
+    none = off.model_copy(update={"filter": off.filter.model_copy(update={"max_invented_fraction": None})})
+    assert _honour_check(none, pose_of) is None

@@ -208,9 +208,23 @@ def test_pose_distance_prefers_targets_the_warp_can_honour():
     calls = []
 
     def refuse_all(path, s_kp, t_kp):
-        calls.append((path, s_kp.shape, t_kp.shape))
-        return False
+        calls.append((path, s_kp.shape, t_kp.shape[1:]))
+        return np.zeros(len(t_kp), dtype=bool)
 
     t = choose_targets(sources, bank, k=1, seed=0, pose_oks_range=(0.65, 0.8), honour=refuse_all)
     assert calls and calls[0] == ("s.jpg", (17, 3), (17, 3))
+    # testing a few candidates at a time orders them as testing one by one, stopping at the k-th pass
+    from posegen.augment.targets import _by_pose_distance
+
+    rng = np.random.default_rng(0)
+    many = [standing_pose(noise=3.0, seed=i) for i in range(40)]
+
+    def nose_right(s_kp, t_kp):  # a test that passes about half the candidates
+        return t_kp[:, 0, 0] > s_kp[0, 0]
+
+    order = rng.permutation(40)
+    ones = _by_pose_distance(order, src, many, (0.0, 1.01), np.ones(40, bool), 5, 30, 0.5, nose_right, chunk=1)
+    sixteen = _by_pose_distance(order, src, many, (0.0, 1.01), np.ones(40, bool), 5, 30, 0.5, nose_right, chunk=16)
+    assert ones.tolist() == sixteen.tolist() and sorted(ones.tolist()) == list(range(40))
+    assert ones[:5].tolist() != order[:5].tolist()  # the test did reorder
     assert t["target"].tolist() != ["b4.jpg"] and t["reason"].tolist() == [""]  # the plain order then

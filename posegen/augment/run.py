@@ -128,25 +128,43 @@ SCORE_COLUMNS = [
 ]  # fmt: skip
 
 
-def _invented_check(recipe: Recipe, pose_of: pd.DataFrame):
-    """The target test of :func:`choose_targets` (``honour``) for the default model: the warp's
-    predicted invented share (:func:`posegen.repose.latent.predicted_repair_share`, the source in
-    its 256x128 letterbox frame) at most the filter's ``max_invented_fraction``, so that targets
-    the filter would reject for it are not drawn. None when that check is off."""
-    t = recipe.filter.max_invented_fraction
-    if t is None:
+def _honour_check(recipe: Recipe, pose_of: pd.DataFrame):
+    """The target test of :func:`choose_targets` (``honour``) for the default model: the two
+    pose-only checks of the filter, predicted for a candidate target so that targets the filter
+    would reject for them are not drawn. The warp's predicted invented share
+    (:func:`posegen.repose.latent.predicted_repair_share`, the source in its 256x128 letterbox frame)
+    at most ``filter.max_invented_fraction``, and its foreign-part share
+    (:func:`posegen.filter.artifacts.foreign_fraction`, computed at half the filter's 256x128 to
+    keep the choice cheap) at most ``filter.max_foreign_fraction``; a check that is off (None) is
+    not tested. None when both are off."""
+    t_inv, t_for = recipe.filter.max_invented_fraction, recipe.filter.max_foreign_fraction
+    if t_inv is None and t_for is None:
         return None
     import torch
 
+    from ..filter.artifacts import WORK_HW, foreign_fractions
     from ..latent import letterbox_params, to_frame_keypoints
+    from ..pose.keypoints import scale_keypoints
     from ..repose.latent import FRAME_HW, predicted_repair_share
 
-    def honour(src: str, source_kp: np.ndarray, target_kp: np.ndarray) -> bool:
-        box = letterbox_params((int(pose_of.loc[src, "width"]), int(pose_of.loc[src, "height"])), FRAME_HW)
-        skp = torch.from_numpy(to_frame_keypoints(np.asarray(source_kp, np.float32), box))[None]
-        tkp = torch.from_numpy(to_frame_keypoints(np.asarray(target_kp, np.float32), box))[None]
-        inside = torch.from_numpy(np.ascontiguousarray(box.inside_mask()))[None, None]
-        return float(predicted_repair_share(skp, tkp, inside, recipe.pose.min_score)[0]) <= t
+    min_score = recipe.pose.min_score
+    half = (WORK_HW[0] // 2, WORK_HW[1] // 2)
+
+    def honour(src: str, source_kp: np.ndarray, target_kp: np.ndarray) -> np.ndarray:
+        size = (int(pose_of.loc[src, "width"]), int(pose_of.loc[src, "height"]))
+        tk = np.asarray(target_kp, np.float32).reshape(-1, 17, 3)
+        ok = np.ones(len(tk), dtype=bool)
+        if t_inv is not None:
+            box = letterbox_params(size, FRAME_HW)
+            skp = torch.from_numpy(to_frame_keypoints(np.asarray(source_kp, np.float32), box))[None].repeat(len(tk), 1, 1)
+            tkp = torch.from_numpy(np.stack([to_frame_keypoints(k, box) for k in tk]))
+            inside = torch.from_numpy(np.ascontiguousarray(box.inside_mask()))[None, None].repeat(len(tk), 1, 1, 1)
+            ok &= predicted_repair_share(skp, tkp, inside, min_score).numpy() <= t_inv
+        if t_for is not None and ok.any():
+            sk = scale_keypoints(np.asarray(source_kp, np.float32), size, (half[1], half[0]))
+            th = np.stack([scale_keypoints(k, size, (half[1], half[0])) for k in tk[ok]])
+            ok[ok] = ~(foreign_fractions(sk, th, half, min_score=min_score) > t_for)  # NaN (no target body) passes
+        return ok
 
     return honour
 
@@ -726,7 +744,7 @@ def augment(
         sources, bank, k=k, seed=seed, other_pids=recipe.augment.target_from_other_pids, max_energy=max_energy,
         match_view=recipe.augment.match_view, view_tolerance=recipe.augment.view_tolerance,
         min_score=recipe.pose.min_score, pose_oks_range=recipe.augment.target_pose_oks,
-        honour=_invented_check(recipe, pose_of) if latent_model else None,
+        honour=_honour_check(recipe, pose_of) if latent_model else None,
     )  # fmt: skip
 
     # identity references: every source, and the source pids' real train images of DIR

@@ -49,7 +49,7 @@ def choose_targets(
     min_score: float = 0.5,
     pose_oks_range: tuple[float, float] | None = None,
     max_pose_checks: int = 200,
-    honour: Callable[[str, np.ndarray, np.ndarray], bool] | None = None,
+    honour: Callable[[str, np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """Draw ``k`` target poses for every source image, skipping implausible ones.
 
@@ -95,11 +95,12 @@ def choose_targets(
             (another frame of the same walk, not the same pose). Needs ``keypoints`` in ``sources``
             and ``bank`` (COCO-17, pixels of each image). Only the first ``max_pose_checks``
             candidates of a source's order are tested; the rest follow them unchanged.
-        honour: with ``pose_oks_range``, one more test of a candidate in the OKS band, called as
-            ``honour(source path, source keypoints, placed target keypoints)`` (``float32 [17, 3]``
-            each, pixels of the source image) -> bool: False puts the candidate after the ones
-            that pass (``augment`` passes the default model's predicted invented share,
-            :func:`posegen.repose.latent.predicted_repair_share`). None: no such test.
+        honour: with ``pose_oks_range``, one more test of the candidates in the OKS band, called
+            on a few at a time as ``honour(source path, source keypoints float32 [17, 3], placed
+            target keypoints float32 [N, 17, 3])`` (pixels of the source image) -> ``bool [N]``:
+            False puts the candidate after the ones that pass (``augment`` passes the filter's
+            pose-only checks predicted for the default model's warp: invented share and
+            foreign-part share). None: no such test.
 
     Returns:
         DataFrame :data:`TARGET_COLUMNS`: ``source, k, target, seed, prior_energy, reason`` with
@@ -171,10 +172,12 @@ def choose_targets(
     return pd.DataFrame(rows, columns=TARGET_COLUMNS)
 
 
-def _by_pose_distance(order, source_kp, bank_kp, oks_range, plausible, k, max_checks, min_score, check=None) -> np.ndarray:
+def _by_pose_distance(order, source_kp, bank_kp, oks_range, plausible, k, max_checks, min_score, check=None,
+                      chunk: int = 16) -> np.ndarray:  # fmt: skip
     """``order`` with the candidates whose aligned pose is within ``oks_range`` of the source's
-    (and passes ``check(source_kp, aligned_kp)`` when given) first (stable; only the first
-    ``max_checks`` plausible candidates are tested)."""
+    (and passes ``check(source_kp, aligned_kp [N, 17, 3]) -> bool [N]`` when given) first (stable;
+    only the first ``max_checks`` plausible candidates are tested, ``chunk`` at a time, until
+    ``k`` pass: the ones after the ``k``-th are left in their place, as a one-by-one test would)."""
     from ..metrics import oks
     from ..repose.warp import align_pose
 
@@ -183,13 +186,22 @@ def _by_pose_distance(order, source_kp, bank_kp, oks_range, plausible, k, max_ch
     head = order[:max_checks]
     ok = np.zeros(len(head), dtype=bool)
     found = 0
-    for j, t in enumerate(head):
-        if not plausible[t]:
+    for start in range(0, len(head), chunk):
+        idx, tgts = [], []
+        for j in range(start, min(start + chunk, len(head))):
+            if not plausible[head[j]]:
+                continue
+            tgt = align_pose(np.asarray(bank_kp[head[j]], dtype=np.float32).reshape(17, 3), src, min_score=min_score)
+            if lo <= oks(tgt, src, min_score=min_score) < hi:
+                idx.append(j)
+                tgts.append(tgt)
+        if not idx:
             continue
-        tgt = align_pose(np.asarray(bank_kp[t], dtype=np.float32).reshape(17, 3), src, min_score=min_score)
-        v = oks(tgt, src, min_score=min_score)
-        ok[j] = lo <= v < hi and (check is None or bool(check(src, tgt)))
-        found += int(ok[j])
+        passed = np.ones(len(idx), dtype=bool) if check is None else np.asarray(check(src, np.stack(tgts)), dtype=bool)
+        for j, p in zip(idx, passed):
+            if p and found < k:
+                ok[j] = True
+                found += 1
         if found >= k:
             break
     return np.concatenate([head[ok], head[~ok], order[max_checks:]])

@@ -51,8 +51,9 @@ Scores (:func:`artifact_scores`):
     predicted from the source image and the two poses: the share of the source's region of the
     256x128 letterbox frame (:mod:`posegen.latent.frame`) that the default model's warp has no
     source pixel for, the repair mask of :func:`posegen.repose.latent.warp_inputs` (the source's
-    moved body filled in from its surroundings where the warped body does not cover it, and body
-    pixels that would sample outside the source frame). On a tight street crop the background
+    moved body filled in from its surroundings where the warped body does not cover it, body
+    pixels that would sample outside the source frame, and the head of a person who turns round,
+    :func:`posegen.repose.latent.turned_head_mask`). On a tight street crop the background
     behind the person is mostly unknown: the default model repaints that region, but legs drawn
     into a large one come out broken or smeared. On the README main job with the check off
     (``benchmarks/ghost_check.py --check invented``, strips
@@ -83,6 +84,7 @@ __all__ = [
     "hole_map",
     "artifact_scores",
     "foreign_fraction",
+    "foreign_fractions",
     "invented_fraction",
     "invented_mask",
     "luminance",
@@ -312,15 +314,31 @@ def foreign_fraction(source_keypoints: np.ndarray, target_keypoints: np.ndarray,
     Returns:
         A share in ``[0, 1]``; NaN when the target pose has no body (no warp weight > 0.5).
     """
+    s = np.asarray(source_keypoints, np.float32).reshape(1, 17, 3)
+    return float(foreign_fractions(s, np.asarray(target_keypoints, np.float32).reshape(1, 17, 3), hw, min_score=min_score)[0])
+
+
+def foreign_fractions(source_keypoints: np.ndarray, target_keypoints: np.ndarray, hw: tuple[int, int] = WORK_HW, *,
+                      min_score: float = 0.5) -> np.ndarray:  # fmt: skip
+    """:func:`foreign_fraction` of a batch of pairs in one pass (``augment``'s target choice).
+
+    Args:
+        source_keypoints: ``float [N, 17, 3]``, or ``[17, 3]`` for one source against every target.
+        target_keypoints: ``float [N, 17, 3]``; both in pixels of the ``hw`` frame ``(h, w)``.
+        hw, min_score: as :func:`foreign_fraction`.
+
+    Returns:
+        ``float64 [N]``, NaN where the target pose has no body.
+    """
     import torch
 
     from ..repose.warp import CONSTRAINED_WARP, foreign_part_mask, limb_flow
 
-    sk = torch.as_tensor(np.asarray(source_keypoints, np.float32).reshape(1, 17, 3))
-    tk = torch.as_tensor(np.asarray(target_keypoints, np.float32).reshape(1, 17, 3))
+    tk = torch.as_tensor(np.asarray(target_keypoints, np.float32).reshape(-1, 17, 3))
+    sk = torch.as_tensor(np.asarray(source_keypoints, np.float32).reshape(-1, 17, 3)).expand(tk.shape[0], 17, 3).contiguous()
     grid, weight = limb_flow(sk, tk, hw, min_score=min_score, **CONSTRAINED_WARP)
-    body = weight[0, 0] > 0.5
-    if not bool(body.any()):
-        return float("nan")
-    foreign = foreign_part_mask(sk, tk, grid, hw, min_score=min_score, match_view=CONSTRAINED_WARP["match_view"])[0, 0]
-    return float(foreign[body].mean())
+    body = weight[:, 0] > 0.5
+    foreign = foreign_part_mask(sk, tk, grid, hw, min_score=min_score, match_view=CONSTRAINED_WARP["match_view"])[:, 0]
+    n = body.sum((1, 2)).double()
+    share = (foreign * body).sum((1, 2)).double() / n.clamp_min(1)
+    return torch.where(n > 0, share, torch.full_like(share, float("nan"))).numpy()
