@@ -254,11 +254,12 @@ def turned_head_mask(source_kp, target_kp, hw=FRAME_HW, min_score: float = 0.5, 
     scale (:func:`posegen.repose.warp.person_scale`) around the mean of the target's present face
     keypoints (COCO-17 0-4), with :func:`_repair_mask`'s soft seam band; :func:`warp_inputs` and
     :func:`predicted_repair_mask` mark its part inside the warped body for repair, so the model
-    repaints the head from the target pose (its face keypoints) and the source latent. Without it,
-    on the 88 cross-view pairs of ``benchmarks/repose_quality.py`` that turn round, the pose
-    estimator reads the output as facing the source's way: OKS 0.298 to the target, 0.46 to the
-    target with left and right swapped (``benchmarks/results/repose_quality-head-turn.md`` has the
-    split with it).
+    repaints the head from the target pose (its face keypoints) and the source latent. Without it
+    (``benchmarks/repose_quality.py default --sets cross-view --no-turned-head``,
+    ``benchmarks/results/repose_quality-no-head-turn.md``), on the 88 cross-view pairs that turn
+    round the pose estimator reads the output as facing the source's way: OKS 0.297 to the target,
+    0.463 to the target with left and right swapped; with it, 0.415 and 0.458
+    (``repose_quality-head-turn.md``).
 
     Args:
         source_kp, target_kp: ``float [B, 17, 3]`` COCO-17 in :data:`FRAME_HW` pixels (x right,
