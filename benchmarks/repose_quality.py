@@ -186,7 +186,6 @@ class Scorer:
                 "ssim": ssim(outputs, self.tgt_model),
                 "psnr": psnr(outputs, self.tgt_model),
                 "oks": fb["oks"].fillna(0.0).to_numpy(),
-                "oks_swapped": np.nan_to_num(np.asarray(swapped, np.float64)),
                 "pck": fb["pck"].fillna(0.0).to_numpy(),
                 "person_found": (fb["n_keypoints"] > 0).to_numpy(),
                 "identity": fb["identity_sim"].to_numpy(),
