@@ -2,8 +2,9 @@
 
 ``--check foreign`` (default): the ghost-limb check, ``filter.max_foreign_fraction``
 (:func:`posegen.filter.artifacts.foreign_fraction`). ``--check invented``: the invented-background
-check, ``filter.max_invented_fraction`` (:func:`posegen.filter.artifacts.invented_fraction`; with it
-off, ``augment`` does not prefer targets by it either).
+check, ``filter.max_invented_fraction`` (:func:`posegen.filter.artifacts.invented_fraction`). With a
+check off, ``augment`` does not prefer targets by it either (its target choice predicts both; the
+results files of the foreign check predate that preference, commit 954db09).
 
 Runs (or resumes) the README main job, :func:`posegen.augment.augment` of the first ``--limit``
 CUHK03 *train* images with the ``default`` recipe, the OSNet identity checks and the shipped model,
