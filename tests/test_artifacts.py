@@ -119,6 +119,13 @@ def test_foreign_fraction_flags_a_warp_that_copies_an_arm_onto_the_torso():
     assert ghost > 0.045, ghost  # measured 0.050
     assert foreign_fraction(over, over) == 0.0 and foreign_fraction(away, away) == 0.0
     assert foreign_fraction(away, over) < ghost
+    # the batched form (augment's target choice) gives the same shares, one source against several
+    from posegen.filter.artifacts import foreign_fractions
+
+    batch = foreign_fractions(over, np.stack([away, over]))
+    assert batch[0] == pytest.approx(ghost) and batch[1] == 0.0
+    with pytest.raises(ValueError, match="one per target"):
+        foreign_fractions(np.stack([over, over]), np.stack([away, over, away]))
     # the filter check: switched on by max_foreign_fraction, after the smear check, before the pose checks
     source, output = _person(0), _person(1)
     on, off = FilterConfig(max_foreign_fraction=0.04), FilterConfig()

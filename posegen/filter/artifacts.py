@@ -324,18 +324,26 @@ def foreign_fractions(source_keypoints: np.ndarray, target_keypoints: np.ndarray
 
     Args:
         source_keypoints: ``float [N, 17, 3]``, or ``[17, 3]`` for one source against every target.
-        target_keypoints: ``float [N, 17, 3]``; both in pixels of the ``hw`` frame ``(h, w)``.
+        target_keypoints: ``float [N, 17, 3]``; both COCO-17 ``(x, y, score)`` in pixels of the
+            ``hw`` frame ``(h, w)`` (x right, y down).
         hw, min_score: as :func:`foreign_fraction`.
 
     Returns:
-        ``float64 [N]``, NaN where the target pose has no body.
+        ``float64 [N]`` shares in ``[0, 1]``, NaN where the target pose has no body.
+
+    Raises:
+        ValueError: keypoints that are not 17 ``(x, y, score)`` rows, or a source batch that is
+            neither 1 nor ``N``.
     """
     import torch
 
     from ..repose.warp import CONSTRAINED_WARP, foreign_part_mask, limb_flow
 
     tk = torch.as_tensor(np.asarray(target_keypoints, np.float32).reshape(-1, 17, 3))
-    sk = torch.as_tensor(np.asarray(source_keypoints, np.float32).reshape(-1, 17, 3)).expand(tk.shape[0], 17, 3).contiguous()
+    sk = torch.as_tensor(np.asarray(source_keypoints, np.float32).reshape(-1, 17, 3))
+    if sk.shape[0] not in (1, tk.shape[0]):
+        raise ValueError(f"need 1 source pose or one per target, got {sk.shape[0]} for {tk.shape[0]} targets")
+    sk = sk.expand(tk.shape[0], 17, 3).contiguous()
     grid, weight = limb_flow(sk, tk, hw, min_score=min_score, **CONSTRAINED_WARP)
     body = weight[:, 0] > 0.5
     foreign = foreign_part_mask(sk, tk, grid, hw, min_score=min_score, match_view=CONSTRAINED_WARP["match_view"])[:, 0]

@@ -240,8 +240,7 @@ def predicted_repair_mask(source_kp, target_kp, hw=(FRAME_HW[0] // 2, FRAME_HW[1
     fill = F.interpolate(_source_mask(source_kp, target_kp, _POSE_HW, min_score), size=hw, mode="bilinear", align_corners=False)
     wanted = _opaque(weight)
     in_frame = warp(torch.ones_like(fill), grid)
-    band = max(1, int(round(5 * hw[0] / FRAME_HW[0])) | 1)  # warp_inputs' 5 px seam band, on this grid
-    return torch.maximum(_repair_mask(fill, wanted, in_frame, band), turned * wanted)
+    return torch.maximum(_repair_mask(fill, wanted, in_frame, _seam_band(hw[0])), turned * wanted)
 
 
 def turned_head_mask(source_kp, target_kp, hw=FRAME_HW, min_score: float = 0.5, radius: float | None = None) -> torch.Tensor:
@@ -296,8 +295,7 @@ def turned_head_mask(source_kp, target_kp, hw=FRAME_HW, min_score: float = 0.5, 
     xs = torch.arange(w, dtype=torch.float32)[None, None, :]
     disc = ((xs - cx[:, None, None]) ** 2 + (ys - cy[:, None, None]) ** 2 <= (r**2)[:, None, None]).float()
     out[:, 0] = disc * todo[:, None, None].float()
-    band = max(1, int(round(5 * h / FRAME_HW[0])) | 1)  # warp_inputs' 5 px seam band, on this grid
-    return F.avg_pool2d(F.max_pool2d(out, band, stride=1, padding=band // 2), band, stride=1, padding=band // 2, count_include_pad=False)
+    return _seam_soften(out, _seam_band(h))
 
 
 def predicted_repair_share(source_kp, target_kp, inside: torch.Tensor | None = None, min_score: float = 0.5) -> torch.Tensor:
@@ -387,8 +385,19 @@ def _repair_mask(removed: torch.Tensor, wanted: torch.Tensor, in_frame: torch.Te
     ``band``-pixel max filter and softened by a ``band``-pixel mean (a seam band around the region).
     All inputs ``[B, 1, h, w]`` on one grid; ``band`` odd."""
     repair = (removed * (1.0 - wanted * in_frame) + wanted * (1.0 - in_frame)).clamp(0.0, 1.0)
-    repair = F.max_pool2d(repair, band, stride=1, padding=band // 2)
-    return F.avg_pool2d(repair, band, stride=1, padding=band // 2, count_include_pad=False)
+    return _seam_soften(repair, band)
+
+
+def _seam_band(h: int) -> int:
+    """:func:`warp_inputs`' 5 px seam band on a grid ``h`` rows high (the frame scaled; odd, >= 1)."""
+    return max(1, int(round(5 * h / FRAME_HW[0])) | 1)
+
+
+def _seam_soften(mask: torch.Tensor, band: int) -> torch.Tensor:
+    """``mask`` ``[B, 1, h, w]`` grown by a ``band``-pixel max filter and softened by a ``band``-pixel
+    mean (``band`` odd): the soft seam band around a region to repair."""
+    grown = F.max_pool2d(mask, band, stride=1, padding=band // 2)
+    return F.avg_pool2d(grown, band, stride=1, padding=band // 2, count_include_pad=False)
 
 
 def _paired(source_kp, target_kp, min_score: float) -> tuple[torch.Tensor, torch.Tensor]:
