@@ -8,6 +8,7 @@ import pytest
 
 from conftest import MARKET_KP, SHARED, require
 from posegen.augment.targets import choose_targets, pose_view
+from posegen.pose.keypoints import near_side
 from posegen.filter.scores import IMPLAUSIBLE_TARGET
 from posegen.pose.formats import keypoints_array, read_poses
 from posegen.pose.plausibility import PLAUSIBILITY_REASONS, pose_plausibility, reason_key
@@ -120,6 +121,23 @@ def test_pose_view_facing_and_aspect():
     assert v["aspect"][0] == pytest.approx(20 / 38) and v["aspect"][1] == pytest.approx(20 / 38)
     assert np.isnan(v["aspect"][3])
     assert pose_view(_front())["facing"].shape == (1,)
+
+
+def test_near_side_follows_the_nose_of_a_side_on_pose():
+    side = _front()
+    side[[5, 6, 11, 12], 0] = [33, 31, 33, 31]
+    ear_x = side[[3, 4], 0].mean()
+    left, right = side.copy(), side.copy()
+    left[0, 0], right[0, 0] = ear_x - 6, ear_x + 6  # facing the image's left: the left side is near
+    unsure = side.copy()
+    unsure[0, 0] = ear_x  # nose between the ears
+    no_nose = left.copy()
+    no_nose[0, 2] = 0.1
+    got = near_side(np.stack([left, right, unsure, no_nose, _front(), _back()]))
+    assert got.dtype == np.int8 and got.tolist() == [1, -1, 0, 0, 0, 0]
+    assert near_side(left).shape == (1,)
+    with pytest.raises(ValueError):
+        near_side(np.zeros((16, 3)))
 
 
 def _bank(n_front: int, n_back: int) -> pd.DataFrame:

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from conftest import standing_pose
-from posegen.pose.keypoints import COCO17_FLIP_INDEX, pose_view, scale_keypoints
+from posegen.pose.keypoints import COCO17_FLIP_INDEX, near_side, pose_view, scale_keypoints
 from posegen.repose.render import image_to_tensor
 from posegen.repose.warp import CONSTRAINED_WARP, foreign_part_mask, identity_grid, keypoints_to_frame, limb_flow, view_matched_source, warp
 
@@ -76,6 +76,54 @@ def test_identical_poses_give_the_identity_near_the_body():
     img = smooth_image()
     out = warp(img, grid)
     assert (out - img).abs()[0][:, weight[0, 0] > 0.5].max() < 0.02
+
+
+def _side_on(far_elbow, far_wrist) -> np.ndarray:
+    """A person seen side-on, facing the image's left (left side near), in a 64x128 frame."""
+    pts = {
+        0: (25, 14), 1: (27, 12), 2: (28, 12), 3: (31, 13), 4: (33, 13),
+        5: (31, 26), 6: (33, 26), 7: (30, 40), 8: far_elbow, 9: (30, 54), 10: far_wrist,
+        11: (31, 58), 12: (33, 58), 13: (30, 80), 14: (34, 80), 15: (30, 102), 16: (34, 102),
+    }  # fmt: skip
+    kp = np.zeros((17, 3), np.float32)
+    for k, xy in pts.items():
+        kp[k] = (*xy, 0.9)
+    return kp
+
+
+def test_depth_order_puts_a_side_on_persons_far_arm_behind_the_torso():
+    src = _side_on((38, 40), (42, 52))  # the far (right) arm swung back
+    tgt = _side_on((28, 40), (24, 52))  # ... and forward, across the torso
+    assert near_side(tgt).tolist() == [1] and near_side(standing_pose()).tolist() == [0]
+    assert CONSTRAINED_WARP["depth_order"]
+    flat, w0 = limb_flow(src[None], tgt[None], HW, **{**CONSTRAINED_WARP, "depth_order": False})
+    ordered, w1 = limb_flow(src[None], tgt[None], HW, **CONSTRAINED_WARP)
+    assert torch.equal(w0, w1)  # a hidden limb is still body
+    px_flat, px_ordered = to_pixels(flat, HW)[0], to_pixels(ordered, HW)[0]
+    on_torso = (30, 34)  # on the target's far upper arm, over the torso: the torso (identity) in front
+    assert (px_flat[on_torso[1], on_torso[0]] - torch.tensor([30.0, 34.0])).norm() > 2
+    assert (px_ordered[on_torso[1], on_torso[0]] - torch.tensor([30.0, 34.0])).norm() < 0.5
+    wrist = (24, 52)  # clear of the body: still the far arm's pixel (the source's far wrist)
+    assert (px_ordered[wrist[1], wrist[0]] - torch.tensor([42.0, 52.0])).norm() < 1.5
+    assert torch.equal(px_ordered[:, 45:], px_flat[:, 45:])  # nothing changes away from the overlap
+    # a pose that is not side-on is left alone
+    front = standing_pose()
+    a, _ = limb_flow(front[None], front[None] + np.float32([1, 0, 0]), HW, **{**CONSTRAINED_WARP, "depth_order": False})
+    b, _ = limb_flow(front[None], front[None] + np.float32([1, 0, 0]), HW, **CONSTRAINED_WARP)
+    assert torch.equal(a, b)
+
+
+def test_depth_ordered_ownership_finds_a_far_arm_drawn_from_the_torso():
+    src = _side_on((32, 40), (32, 54))  # the far arm hangs behind the torso: the source never saw it
+    tgt = _side_on((38, 40), (42, 52))  # ... and swings back, clear of the body
+    grid, weight = limb_flow(src[None], tgt[None], HW, **CONSTRAINED_WARP)
+    flat = foreign_part_mask(src[None], tgt[None], grid, HW, match_view=True)[0, 0]
+    ordered = foreign_part_mask(src[None], tgt[None], grid, HW, match_view=True, depth_order=True)[0, 0]
+    torso, far_forearm = (slice(44, 50), slice(30, 35)), (slice(45, 50), slice(38, 41))
+    # without depth order the hidden arm owns the torso pixels it lies behind: the torso, which
+    # samples itself, reads as copying the arm, and the arm drawn from the torso as its own
+    assert flat[torso].sum() >= 5 and flat[far_forearm].mean() < 0.5
+    assert ordered[torso].sum() == 0 and ordered[far_forearm].mean() > 0.9
 
 
 def test_a_view_flip_pairs_limbs_by_image_side():

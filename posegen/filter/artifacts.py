@@ -346,7 +346,8 @@ def foreign_fractions(source_keypoints: np.ndarray, target_keypoints: np.ndarray
     sk = sk.expand(tk.shape[0], 17, 3).contiguous()
     grid, weight = limb_flow(sk, tk, hw, min_score=min_score, **CONSTRAINED_WARP)
     body = weight[:, 0] > 0.5
-    foreign = foreign_part_mask(sk, tk, grid, hw, min_score=min_score, match_view=CONSTRAINED_WARP["match_view"])[:, 0]
+    foreign = foreign_part_mask(sk, tk, grid, hw, min_score=min_score, match_view=CONSTRAINED_WARP["match_view"],
+                                depth_order=CONSTRAINED_WARP["depth_order"])[:, 0]  # fmt: skip
     n = body.sum((1, 2)).double()
     share = (foreign * body).sum((1, 2)).double() / n.clamp_min(1)
     return torch.where(n > 0, share, torch.full_like(share, float("nan"))).numpy()
