@@ -517,9 +517,9 @@ def foreign_part_mask(source_kp, target_kp, grid: torch.Tensor, out_hw, *, min_s
         match_view: the source's parts as :func:`limb_flow` with ``match_view=True`` paired them
             (:func:`view_matched_source`); pass the same value the grid was made with.
         depth_order: ownership in both poses with a side-on person's far limbs behind what covers
-            them (:func:`_depth_ordered`, as :func:`limb_flow` with ``depth_order=True``): a pixel
-            where the near arm lies over the torso belongs to the arm, so a torso pixel that samples
-            it copies the arm.
+            them (:func:`_depth_ordered`, as :func:`limb_flow` with ``depth_order=True``): a torso
+            pixel with the far arm hidden behind it belongs to the torso, so a far arm drawn from
+            there copies the torso, and the torso sampling itself there copies nothing.
 
     Returns:
         ``float32 [B, 1, h, w]``, 1 where the sampled source pixel belongs to another part group.
