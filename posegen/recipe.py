@@ -214,6 +214,11 @@ class FilterConfig(_Strict):
     """
 
     min_oks: float = Field(0.5, ge=0, le=1, description="OKS(target, re-estimated) needed to keep")
+    mirror_oks: bool = Field(
+        False,
+        description="pose fidelity: the larger of the OKS to the target and to the target with left and right "
+        "exchanged must reach min_oks (seen from behind or side-on, the estimator often swaps them)",
+    )
     min_std: float = Field(
         0.02, ge=0, description="an output whose pixel std (0..1 scale) is below this is 'blank'"
     )

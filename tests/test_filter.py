@@ -115,6 +115,24 @@ def test_wrong_pose_is_low_pose_fidelity_not_copy(cuhk03_train, blazepose):
     assert bad.source_ssim < 0.7 and bad.n_keypoints >= 8
 
 
+def test_mirror_oks_accepts_a_pose_read_with_left_and_right_exchanged(cuhk03_train, blazepose):
+    from posegen.pose.keypoints import COCO17_FLIP_INDEX
+    from posegen.recipe import FilterConfig
+
+    image = read_image(cuhk03_train / "0001_00.jpg")
+    own = blazepose.estimate(image)
+    swapped = own[list(COCO17_FLIP_INDEX)]  # the same skeleton, its left and right labels exchanged
+    plain = score_output(image, swapped, blazepose, min_oks=0.5, min_std=0.02)
+    assert not plain.kept and plain.reason == "low pose fidelity (OKS < 0.5)"
+    assert plain.oks < 0.5 and plain.oks_mirrored > 0.99  # stored whatever the decision
+    tolerant = score_output(image, swapped, blazepose, min_oks=0.5, min_std=0.02, config=FilterConfig(mirror_oks=True))
+    assert tolerant.kept and tolerant.oks == plain.oks
+    # a wrong skeleton stays wrong either way round
+    wrong = score_output(image, _other_pose(own, image.shape[0]), blazepose, min_oks=0.5, min_std=0.02,
+                         config=FilterConfig(mirror_oks=True))  # fmt: skip
+    assert not wrong.kept and wrong.reason == "low pose fidelity (OKS < 0.5)"
+
+
 def test_different_identity_is_rejected(cuhk03_train, blazepose):
     from posegen.metrics import ReidEmbedder
 

@@ -30,6 +30,10 @@ first failing check in this order (the order is part of the contract: reports an
    checks because a copied source usually also fails them, and "copy" is the more useful diagnosis;
 8. ``"no person found in output"`` — the pose backend finds no person (OKS recorded as 0);
 9. ``"low pose fidelity (OKS < t)"`` — OKS(target, pose re-estimated on the output) < ``min_oks``;
+   with ``mirror_oks``, the larger of that and the OKS to the target with left and right exchanged
+   (``oks_mirrored``): seen from behind or side-on, the pose estimator often reads a person's left
+   and right the other way round, on the output or on the image the target pose came from, and the
+   skeleton in the image is the target's all the same;
 10. ``"low identity (source similarity < t)"`` — cosine of the re-ID embeddings of output and source
    below ``min_identity``;
 11. ``"low identity (similarity to other images < t)"`` — mean cosine between the output and the
@@ -76,7 +80,7 @@ import pandas as pd
 from ..metrics import oks, pck, ssim
 from .artifacts import artifact_scores
 from ..pose.backends import NoPersonFound, PoseBackend
-from ..pose.keypoints import empty_keypoints, scale_keypoints
+from ..pose.keypoints import COCO17_FLIP_INDEX, empty_keypoints, scale_keypoints
 from ..repose.render import resize_image
 
 __all__ = [
@@ -114,7 +118,7 @@ REASON_ORDER = (
 
 #: Columns of :func:`filter_batch`'s result (all scores, then the decision).
 FILTER_COLUMNS = [
-    "oks", "pck", "std", "n_keypoints", "identity_sim", "identity_sim_others", "source_ssim",
+    "oks", "oks_mirrored", "pck", "std", "n_keypoints", "identity_sim", "identity_sim_others", "source_ssim",
     "source_pose_oks", "hole_fraction", "seam_fraction", "sharpness_ratio", "foreign_fraction", "invented_fraction",
     "prior_energy", "kept", "reason",
 ]  # fmt: skip
@@ -131,6 +135,8 @@ class FilterScores:
 
     Attributes:
         oks: OKS(target, re-estimated) in ``[0, 1]``; 0 when no person is found.
+        oks_mirrored: OKS to the target with left and right exchanged
+            (:data:`~posegen.pose.keypoints.COCO17_FLIP_INDEX`); 0 when no person is found.
         std: pixel standard deviation on a 0..1 scale.
         n_keypoints: joints re-estimated with score >= min_score (0 if no person).
         keypoints: re-estimated ``float32 [17, 3]`` in pixels of the scored image.
@@ -163,6 +169,7 @@ class FilterScores:
     foreign_fraction: float = _NAN
     invented_fraction: float = _NAN
     prior_energy: float = _NAN
+    oks_mirrored: float = _NAN
 
 
 def _as_float01(img: np.ndarray) -> np.ndarray:
@@ -212,7 +219,10 @@ def _reason(s: dict, cfg, min_score: float, target: np.ndarray) -> str:
         return f"near-copy of source (SSIM >= {cfg.max_source_ssim:g})"
     if not s["person"]:
         return "no person found in output"
-    if not s["oks"] >= cfg.min_oks:
+    fidelity = s["oks"]
+    if getattr(cfg, "mirror_oks", False) and np.isfinite(s["oks_mirrored"]):
+        fidelity = max(fidelity, s["oks_mirrored"])
+    if not fidelity >= cfg.min_oks:
         return f"low pose fidelity (OKS < {cfg.min_oks:g})"
     if np.isfinite(s["identity_sim"]) and s["identity_sim"] < cfg.min_identity:
         return f"low identity (source similarity < {cfg.min_identity:g})"
@@ -292,7 +302,7 @@ def filter_batch(
     for i, img in enumerate(outs):
         f = _as_float01(img)
         row = dict(
-            oks=_NAN, pck=_NAN, std=_NAN, n_keypoints=-1, identity_sim=_NAN, identity_sim_others=_NAN,
+            oks=_NAN, oks_mirrored=_NAN, pck=_NAN, std=_NAN, n_keypoints=-1, identity_sim=_NAN, identity_sim_others=_NAN,
             source_ssim=_NAN, source_pose_oks=_NAN, hole_fraction=_NAN, seam_fraction=_NAN, sharpness_ratio=_NAN, foreign_fraction=_NAN, invented_fraction=_NAN, prior_energy=float(energies[i]), kept=False, reason="",
             keypoints=empty_keypoints(),
         )  # fmt: skip
@@ -318,6 +328,8 @@ def filter_batch(
         row["n_keypoints"] = int((kp[:, 2] >= min_score).sum())
         if (tgt[i][:, 2] >= min_score).any():
             row["oks"] = oks(kp, tgt[i], min_score=min_score) if row["person"] else 0.0
+            mirrored = np.asarray(tgt[i])[list(COCO17_FLIP_INDEX)]
+            row["oks_mirrored"] = oks(kp, mirrored, min_score=min_score) if row["person"] else 0.0
             row["pck"] = pck(kp, tgt[i], alpha=PCK_ALPHA, reference=PCK_REFERENCE, min_score=min_score) if row["person"] else 0.0
     # near-copy: SSIM to the source, OKS between source and target pose, in the comparison frame
     if srcs is not None:
@@ -420,6 +432,7 @@ def score_output(
         hole_fraction=float(r["hole_fraction"]), seam_fraction=float(r["seam_fraction"]),
         sharpness_ratio=float(r["sharpness_ratio"]), foreign_fraction=float(r["foreign_fraction"]),
         invented_fraction=float(r["invented_fraction"]), prior_energy=float(r["prior_energy"]),
+        oks_mirrored=float(r["oks_mirrored"]),
     )  # fmt: skip
 
 

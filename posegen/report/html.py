@@ -251,7 +251,8 @@ def write_report(
     reasons = syn_all.loc[~syn_all["kept"].astype(bool), "reason"].map(reason_kind).value_counts()
     f = recipe.filter
     thresholds = [
-        ("OKS(target, re-estimated) ≥", f.min_oks), ("pixel std ≥", f.min_std),
+        ("OKS(target, re-estimated) ≥" + (" (or to the target with left and right exchanged)" if getattr(f, "mirror_oks", False) else ""), f.min_oks),
+        ("pixel std ≥", f.min_std),
         ("identity: cosine to source ≥", f.min_identity), ("identity: mean cosine to other images ≥", f.min_identity_others),
         ("SSIM to source <", f.max_source_ssim), ("… when OKS(source pose, target pose) <", f.copy_pose_oks),
         ("prior energy of target ≤", "off" if prior_threshold is None else f"{prior_threshold:g}"),
