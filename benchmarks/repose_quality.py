@@ -79,8 +79,7 @@ from posegen.data.images import read_image
 from posegen.pose.backends import DEFAULT_BACKEND, get_backend
 from posegen.pose.extract import extract_poses, usable_poses
 from posegen.pose.formats import keypoints_array
-from posegen.metrics.pose import oks
-from posegen.pose.keypoints import COCO17_FLIP_INDEX, scale_keypoints
+from posegen.pose.keypoints import scale_keypoints
 from posegen.recipe import load_recipe
 from posegen.repose import load_pipeline
 from posegen.repose.render import resize_image
@@ -463,17 +462,14 @@ class FrameScorer:
         fb = filter_batch(
             outputs, self.src_images, self.src_kp, used_kp, self.recipe.filter, self.backend,
             embedder=self.embedder, source_embeddings=self.src_emb, min_score=self.recipe.pose.min_score,
-            frame_hw=FRAME, return_keypoints=True,
+            frame_hw=FRAME,
         )  # fmt: skip
-        swap = list(COCO17_FLIP_INDEX)  # the target with left and right exchanged
-        swapped = [oks(np.asarray(d, np.float32), u[swap], min_score=self.recipe.pose.min_score) if p else 0.0
-                   for d, u, p in zip(fb["keypoints"], used_kp, fb["n_keypoints"] > 0)]  # fmt: skip
         return pd.DataFrame(
             {
                 "ssim": ssim(frames, self.tgt_frame),
                 "psnr": psnr(frames, self.tgt_frame),
                 "oks": fb["oks"].fillna(0.0).to_numpy(),
-                "oks_swapped": np.nan_to_num(np.asarray(swapped, np.float64)),
+                "oks_swapped": fb["oks_mirrored"].fillna(0.0).to_numpy(),  # to the target with left and right exchanged
                 "pck": fb["pck"].fillna(0.0).to_numpy(),
                 "person_found": (fb["n_keypoints"] > 0).to_numpy(),
                 "identity": fb["identity_sim"].to_numpy(),

@@ -45,7 +45,8 @@ from diffusers import UNet2DModel
 
 from ..latent.taef2 import LATENT_CHANNELS, LATENT_SCALE
 from .render import POSE_CHANNELS, render_poses_tensor
-from .warp import CONSTRAINED_WARP, body_mask, composite, cut_leg_mask, fill_masked, limb_flow, view_matched_source, warp
+from ..pose.keypoints import pose_view
+from .warp import CONSTRAINED_WARP, body_mask, composite, cut_leg_mask, fill_masked, limb_flow, person_scale, view_matched_source, warp
 
 __all__ = [
     "FRAME_HW",
@@ -240,7 +241,7 @@ def predicted_repair_mask(source_kp, target_kp, hw=(FRAME_HW[0] // 2, FRAME_HW[1
     fill = F.interpolate(_source_mask(source_kp, target_kp, _POSE_HW, min_score), size=hw, mode="bilinear", align_corners=False)
     wanted = _opaque(weight)
     in_frame = warp(torch.ones_like(fill), grid)
-    return torch.maximum(_repair_mask(fill, wanted, in_frame, _seam_band(hw[0])), turned * wanted)
+    return torch.maximum(_repair_mask(fill, wanted, in_frame, _seam_band(hw[0])), turned.to(wanted.device) * wanted)
 
 
 def turned_head_mask(source_kp, target_kp, hw=FRAME_HW, min_score: float = 0.5, radius: float | None = None) -> torch.Tensor:
@@ -268,14 +269,12 @@ def turned_head_mask(source_kp, target_kp, hw=FRAME_HW, min_score: float = 0.5, 
         radius: the disc's radius in person scales; None: :data:`HEAD_TURN_RADIUS`.
 
     Returns:
-        ``float32 [B, 1, h, w]``; all 0 for a pair that does not turn round (same facing, a side
-        view or an unknown facing) or whose target has no face keypoint.
+        ``float32 [B, 1, h, w]`` on the CPU; all 0 for a pair that does not turn round (same
+        facing, a side view or an unknown facing) or whose target has no face keypoint.
     """
-    from ..pose.keypoints import pose_view
-    from .warp import person_scale
-
-    src = torch.as_tensor(source_kp, dtype=torch.float32).reshape(-1, 17, 3)
-    tgt = torch.as_tensor(target_kp, dtype=torch.float32).reshape(-1, 17, 3)
+    # on the CPU whatever the keypoints' device (callers move the mask to theirs)
+    src = torch.as_tensor(source_kp, dtype=torch.float32).reshape(-1, 17, 3).cpu()
+    tgt = torch.as_tensor(target_kp, dtype=torch.float32).reshape(-1, 17, 3).cpu()
     h, w = int(hw[0]), int(hw[1])
     out = torch.zeros(tgt.shape[0], 1, h, w)
     if tgt.shape[0] == 0:
