@@ -331,6 +331,8 @@ def main() -> None:
                     help="latent models: SDEdit strength where the warp invented pixels (default: the model's; <= strength: off)")
     ap.add_argument("--starts", nargs="+", default=["pixel"], choices=["pixel", "latent"], help="latent models: SDEdit start")
     ap.add_argument("--no-baselines", action="store_true", help="latent models: only the model rows")
+    ap.add_argument("--person-masks", choices=["model", "on", "off"], default="model",
+                    help="latent models: remove the source's person mask near the moved parts (default: the model's setting)")
     ap.add_argument("--no-turned-head", action="store_true",
                     help="latent models: do not repaint the head of a person who turns round (the model's default otherwise)")
     ap.add_argument("--sets", nargs="+", default=["same-view", "cross-view"], choices=["same-view", "cross-view", "fashion"],
@@ -558,7 +560,8 @@ def warp_baseline(scorer: FrameScorer, kind: str, autoencoder=None) -> tuple[lis
 
 
 def latent_generate(pipe, scorer: FrameScorer, *, steps: int | None, strength: float, batch_size: int, seed: int, start: str = "pixel",
-                    repair_only=None, repair_strength: float | None = None, turned_head: bool | None = None):  # fmt: skip
+                    repair_only=None, repair_strength: float | None = None, turned_head: bool | None = None,
+                    person_masks: bool | None = None):  # fmt: skip
     """The model's outputs (sources' sizes), the used target pose in source pixels, and images/s."""
     outs, used = [], []
     n = len(scorer.pairs)
@@ -571,6 +574,7 @@ def latent_generate(pipe, scorer: FrameScorer, *, steps: int | None, strength: f
             scorer.src_images[sl], scorer.src_kp[sl], scorer.tgt_kp[sl], target_sizes=scorer.tgt_size[sl],
             num_inference_steps=steps, strength=strength, generator=gens, align=False, return_keypoints=True,
             start=start, repair_only=repair_only, repair_strength=repair_strength, turned_head=turned_head,
+            person_masks=person_masks,
         )  # fmt: skip
         outs += imgs
         used += [scale_keypoints(k, (int(ts[0]), int(ts[1])), (im.shape[1], im.shape[0]))
@@ -592,7 +596,8 @@ BASELINES = (
 
 def evaluate_latent(model_dir, pair_sets: dict, poses, recipe, backend, *, strengths, steps, batch_size, seed,
                     starts=("pixel",), repair_modes=(True,), baselines=True, data: dict | None = None,
-                    repair_strength: float | None = None, turned_head: bool | None = None) -> dict:  # fmt: skip
+                    repair_strength: float | None = None, turned_head: bool | None = None,
+                    person_masks: bool | None = None) -> dict:  # fmt: skip
     """Rows per pair set: the baselines and the model at each strength.
 
     ``data`` maps a pair set's name to ``(root, poses, compare_hw)`` when it is not a CUHK03 val set
@@ -624,12 +629,14 @@ def evaluate_latent(model_dir, pair_sets: dict, poses, recipe, backend, *, stren
                 for ro in repair_modes:
                     outs, used, rate = latent_generate(pipe, scorer, steps=steps, strength=st, batch_size=batch_size,
                                                        seed=seed, start=start, repair_only=ro, repair_strength=rs,
-                                                       turned_head=turned_head)  # fmt: skip
+                                                       turned_head=turned_head, person_masks=person_masks)  # fmt: skip
                     mode = "repair only" if ro else "whole image"
                     if rs is not None and rs > st:
                         mode += f", repair strength {rs}"
                         if turned_head is False:
                             mode += ", turned head not repainted"
+                    if person_masks is not None and person_masks != bool(getattr(pipe.config, "person_masks", False)):
+                        mode += ", person masks" if person_masks else ", no person masks"
                     rows.append({"model": f"model, strength {st}, start={start}, {mode}", "steps": steps,
                                  "images_per_s": rate, **summary(outs, used)})  # fmt: skip
         out[name] = rows
@@ -662,6 +669,7 @@ def main_latent(args) -> None:
                                   batch_size=args.batch_size, seed=args.seed, starts=args.starts,
                                   baselines=not args.no_baselines, data=data, repair_strength=args.repair_strength,
                                   turned_head=False if args.no_turned_head else None,
+                                  person_masks={"on": True, "off": False}.get(args.person_masks),
                                   repair_modes=[{"repair": True, "whole": False}[m] for m in args.modes])  # fmt: skip
     result = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),

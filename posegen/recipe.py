@@ -187,6 +187,11 @@ class SampleConfig(_Strict):
         description="latent model only: with repair_strength above strength, also repaint the head of a person who "
         "turns round (front onto back or the reverse; the warp has only the other side of the head)",
     )
+    person_masks: bool = Field(
+        False,
+        description="latent model only: remove what the source person carries or wears beyond the skeleton (a bag, loose "
+        "clothes; BlazePose's person mask) near the moved parts along with the body, so that no second copy stays behind",
+    )
 
 
 class PoseConfig(_Strict):
@@ -316,6 +321,11 @@ class AugmentConfig(_Strict):
     )
     plausible_only: bool = Field(
         False, description="sources and targets must pass posegen.pose.plausibility (upright-crop geometry)"
+    )
+    avoid_hands_onto_torso: bool = Field(
+        False,
+        description="latent model, with target_pose_oks: put targets that hold more wrists over the torso than the source "
+        "(a forearm moved onto the chest comes out as a slab) after the others",
     )
 
 

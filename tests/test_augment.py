@@ -338,3 +338,11 @@ def test_target_choice_skips_targets_the_pose_only_checks_would_reject():
     assert _honour_check(off, pose_of)("a.jpg", across, stand[None]).tolist() == [True]  # the foreign test is off
     none = off.model_copy(update={"filter": off.filter.model_copy(update={"max_invented_fraction": None})})
     assert _honour_check(none, pose_of) is None
+    # avoid_hands_onto_torso: a target that puts a hanging hand over the torso goes after the others,
+    # not when the source already holds it there
+    phone = stand.copy()
+    phone[[8, 10], :2] = [(40, 44), (34, 44)]  # the right forearm raised across the chest
+    hands = none.model_copy(update={"augment": none.augment.model_copy(update={"avoid_hands_onto_torso": True})})
+    test = _honour_check(hands, pose_of)
+    assert test("a.jpg", stand, np.stack([stand, phone])).tolist() == [True, False]
+    assert test("a.jpg", phone, np.stack([stand, phone])).tolist() == [True, True]

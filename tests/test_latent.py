@@ -236,6 +236,63 @@ def test_warp_never_pastes_black_where_the_body_leaves_the_source_frame():
     assert float(repair[0, 0][outside].mean()) > 0.5
 
 
+def test_person_mask_removes_a_carried_bag_with_the_moved_arm():
+    """A synthetic person holding a bag below the right hand, outside the skeleton's radii, and
+    swinging that arm forward in the target: without a person mask the bag stays where it was (a
+    second copy beside the moved body), with one (body + bag) it is filled in and marked for repair.
+    A thing in the mask far from every moving part stays."""
+    from posegen.repose.latent import FRAME_HW, warp_inputs
+
+    box = letterbox_params((64, 128), FRAME_HW)
+    src = to_frame_keypoints(standing_pose(), box)
+    tgt = src.copy()
+    tgt[8, :2] += (8, -4)  # the right elbow and wrist swing out and up
+    tgt[10, :2] += (20, -10)
+    g = torch.Generator().manual_seed(0)
+    x = 0.45 + 0.1 * torch.rand(1, 3, *FRAME_HW, generator=g)  # a textured grey backdrop
+    body = body_mask(src[None], FRAME_HW)
+    x[:, 0] = torch.where(body[:, 0] > 0.5, torch.full_like(x[:, 0], 0.9), x[:, 0])  # a red person
+    wx, wy = int(src[10, 0]), int(src[10, 1])
+    bag = torch.zeros(1, 1, *FRAME_HW)
+    bag[..., wy + 14 : wy + 34, wx + 2 : wx + 14] = 1.0  # hanging below the right hand
+    far = torch.zeros_like(bag)
+    far[..., 8:20, 2:10] = 1.0  # the top-left corner, far from the moving arm
+    for m in (bag, far):
+        x = torch.where(m > 0, torch.tensor([0.1, 0.1, 0.9]).view(1, 3, 1, 1), x)  # blue things
+    person = torch.maximum(torch.maximum(body, bag), far)
+    plain = warp_inputs(x, src[None], tgt[None])
+    out, repair = warp_inputs(x, src[None], tgt[None], return_repair=True, person=person)
+    inner = F.max_pool2d(1 - bag, 5, stride=1, padding=2)[0, 0] < 0.5  # the bag less a 2-px rim
+    blue = lambda im: (im[0, 2] - im[0, 0] > 0.5)  # noqa: E731
+    assert float(blue(plain)[inner].float().mean()) > 0.9  # left behind without the mask
+    assert float(blue(out)[inner].float().mean()) < 0.05  # removed with it ...
+    assert float(repair[0, 0][inner].mean()) > 0.9  # ... and repainted
+    assert float(blue(out)[far[0, 0] > 0].float().mean()) > 0.9  # out of reach: kept
+    # the same mask with a target that moves nothing: nothing is removed
+    still = warp_inputs(x, src[None], src[None], person=person)
+    assert float(blue(still)[inner].float().mean()) > 0.9
+    with pytest.raises(ValueError, match="uint8"):
+        from posegen.pose.segmentation import PersonSegmenter
+
+        PersonSegmenter().mask(np.zeros((8, 8, 3), np.float32))
+
+
+def test_person_segmenter_masks_a_real_crop():
+    """BlazePose full's person mask on a real CUHK03 val crop: the centre of the crop (the person)
+    is inside, the top corners (background) outside."""
+    from posegen.data.images import read_image
+    from posegen.pose.segmentation import PersonSegmenter
+
+    root = require(CUHK03 / "val")
+    im = read_image(sorted(root.glob("*.jpg"))[0])
+    m = PersonSegmenter().mask(im)
+    h, w = im.shape[:2]
+    assert m.shape == (h, w) and m.dtype == np.float32 and 0.0 <= m.min() and m.max() <= 1.0
+    assert float(m[int(0.3 * h) : int(0.6 * h), int(0.4 * w) : int(0.6 * w)].mean()) > 0.8
+    k = max(w // 8, 1)
+    assert float(np.concatenate([m[: h // 10, :k], m[: h // 10, w - k :]]).mean()) < 0.2
+
+
 # --------------------------------------------------------------------------- training
 def _tiny_data(n=6):
     rng = np.random.default_rng(0)

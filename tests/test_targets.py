@@ -140,6 +140,27 @@ def test_near_side_follows_the_nose_of_a_side_on_pose():
         near_side(np.zeros((16, 3)))
 
 
+def test_wrists_in_torso_marks_a_hand_held_in_front_of_the_body():
+    from conftest import standing_pose
+
+    from posegen.pose.keypoints import wrists_in_torso
+
+    stand = standing_pose()
+    phone = stand.copy()
+    phone[10, :2] = (34, 44)  # the right wrist over the chest
+    edge = stand.copy()
+    edge[9, :2] = (25, 57)  # the left wrist at the hip's corner, within the margin
+    mirrored = phone.copy()
+    mirrored[:, 0] = 63 - mirrored[:, 0]  # a back view: the same geometry, the loop turned round
+    no_hip = phone.copy()
+    no_hip[11, 2] = 0.1
+    got = wrists_in_torso(np.stack([stand, phone, edge, mirrored, no_hip]))
+    assert got.dtype == bool and got.tolist() == [[False, False], [False, True], [False, False], [False, True], [False, False]]
+    assert wrists_in_torso(stand).shape == (1, 2)
+    with pytest.raises(ValueError):
+        wrists_in_torso(np.zeros((16, 3)))
+
+
 def _bank(n_front: int, n_back: int) -> pd.DataFrame:
     rows = []
     for i in range(n_front + n_back):

@@ -136,15 +136,18 @@ def _honour_check(recipe: Recipe, pose_of: pd.DataFrame):
     at most ``filter.max_invented_fraction``, and its foreign-part share
     (:func:`posegen.filter.artifacts.foreign_fraction`, computed at half the filter's 256x128 to
     keep the choice cheap) at most ``filter.max_foreign_fraction``; a check that is off (None) is
-    not tested. None when both are off."""
+    not tested. With ``augment.avoid_hands_onto_torso``, also no more wrists over the torso than
+    the source (:func:`posegen.pose.keypoints.wrists_in_torso`: the warp lays a hanging forearm
+    flat across the chest). None when all are off."""
     t_inv, t_for = recipe.filter.max_invented_fraction, recipe.filter.max_foreign_fraction
-    if t_inv is None and t_for is None:
+    hands = recipe.augment.avoid_hands_onto_torso
+    if t_inv is None and t_for is None and not hands:
         return None
     import torch
 
     from ..filter.artifacts import WORK_HW, foreign_fractions
     from ..latent import letterbox_params, to_frame_keypoints
-    from ..pose.keypoints import scale_keypoints
+    from ..pose.keypoints import scale_keypoints, wrists_in_torso
     from ..repose.latent import FRAME_HW, predicted_repair_share
 
     min_score = recipe.pose.min_score
@@ -154,7 +157,9 @@ def _honour_check(recipe: Recipe, pose_of: pd.DataFrame):
         size = (int(pose_of.loc[src, "width"]), int(pose_of.loc[src, "height"]))
         tk = np.asarray(target_kp, np.float32).reshape(-1, 17, 3)
         ok = np.ones(len(tk), dtype=bool)
-        if t_inv is not None:
+        if hands:
+            ok &= wrists_in_torso(tk, min_score).sum(1) <= wrists_in_torso(source_kp, min_score).sum()
+        if t_inv is not None and ok.any():
             box = letterbox_params(size, FRAME_HW)
             skp = torch.from_numpy(to_frame_keypoints(np.asarray(source_kp, np.float32), box))[None].repeat(len(tk), 1, 1)
             tkp = torch.from_numpy(np.stack([to_frame_keypoints(k, box) for k in tk]))
@@ -772,7 +777,7 @@ def augment(
         guidance = dict(
             strength=recipe.sample.strength, start=recipe.sample.start, align=recipe.augment.align_targets,
             repair_only=recipe.sample.repair_only, repair_strength=recipe.sample.repair_strength,
-            turned_head=recipe.sample.turned_head,
+            turned_head=recipe.sample.turned_head, person_masks=recipe.sample.person_masks,
         )  # fmt: skip
     else:
         guidance = _guidance(recipe) if len(todo) else {}

@@ -33,6 +33,7 @@ __all__ = [
     "coco17_to_openpose18",
     "pose_view",
     "near_side",
+    "wrists_in_torso",
     "DEFAULT_SIDE_RATIO",
 ]
 
@@ -349,4 +350,49 @@ def near_side(keypoints, min_score: float = 0.5, *, side_ratio: float = DEFAULT_
     decided = side_on & np.isfinite(offset) & (np.abs(np.nan_to_num(offset)) >= min_offset)
     out[decided & (offset < 0)] = 1  # faces the image's left: the left side faces the camera
     out[decided & (offset > 0)] = -1
+    return out
+
+
+def wrists_in_torso(keypoints, min_score: float = 0.5, *, margin: float = 0.05) -> np.ndarray:
+    """Which wrists lie over the torso: inside the quadrilateral of the shoulders and hips.
+
+    A hand held in front of the body (a phone, a cup, folded arms) puts the wrist there; a hanging
+    or swinging arm does not. posegen's limb warp can move a forearm from beside the body onto the
+    torso, but the result is the hanging forearm's side view laid flat across the chest (a slab),
+    so ``augment`` avoids targets that do it (:func:`posegen.augment.targets.choose_targets`'
+    ``honour`` test, recipe ``augment.avoid_hands_onto_torso``).
+
+    Args:
+        keypoints: ``float [17, 3]`` or ``[N, 17, 3]`` COCO-17 ``(x, y, score)``, pixels, x right,
+            y down.
+        min_score: a joint is present when ``score >= min_score``; a wrist is inside only when it
+            and all four torso joints are present.
+        margin: how far inside every edge the wrist must be, in torso lengths (shoulder midpoint
+            to hip midpoint), so that a hand at the hip's side does not count.
+
+    Returns:
+        ``bool [N, 2]``: (left wrist, right wrist) inside.
+
+    Raises:
+        ValueError: ``keypoints`` is not ``[17, 3]`` / ``[N, 17, 3]``.
+    """
+    kp = np.asarray(keypoints, dtype=np.float64)
+    if kp.shape[-2:] != (NUM_KEYPOINTS, 3) or kp.ndim not in (2, 3):
+        raise ValueError(f"keypoints must be [17, 3] or [N, 17, 3], got {kp.shape}")
+    kp = kp.reshape(-1, NUM_KEYPOINTS, 3)
+    pres = kp[..., 2] >= min_score
+    quad = kp[:, [5, 6, 12, 11], :2]  # left shoulder, right shoulder, right hip, left hip: a loop
+    torso = np.linalg.norm(quad[:, :2].mean(1) - quad[:, 2:].mean(1), axis=1)
+    a, b = quad, np.roll(quad, -1, axis=1)
+    edge = b - a  # [N, 4, 2]
+    area2 = (edge[:, :, 0] * (a[:, :, 1] + b[:, :, 1])).sum(1)  # twice the signed area (shoelace)
+    sign = np.where(area2 < 0, 1.0, -1.0)[:, None]  # orient so that inside is positive
+    out = np.zeros((len(kp), 2), dtype=bool)
+    ok_torso = pres[:, [5, 6, 11, 12]].all(1) & (torso > 0) & (np.abs(area2) > 0)
+    for c, j in enumerate((9, 10)):
+        d = kp[:, j, None, :2] - a
+        cross = edge[:, :, 0] * d[:, :, 1] - edge[:, :, 1] * d[:, :, 0]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            dist = sign * cross / np.linalg.norm(edge, axis=2)  # signed distance to each edge's line
+        out[:, c] = ok_torso & pres[:, j] & (dist >= margin * torso[:, None]).all(1)
     return out

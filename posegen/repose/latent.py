@@ -78,6 +78,10 @@ _MIN_BACKGROUND = 0.005  # share of the frame below which the background texture
 #: Radius of :func:`turned_head_mask`'s disc in person scales (torso lengths): the head and the top
 #: of the shoulders of a standing person. Chosen on the cross-view pairs' OKS (0.25 raised it less).
 HEAD_TURN_RADIUS = 0.35
+#: how far (person scales) from the source's moved parts :func:`warp_inputs` removes the person mask too
+_CARRY_REACH = 0.4
+#: a source body pixel moving farther than this (person scales) counts as moved for the carry removal
+_MOVE_MIN = 0.05
 _CUT_LEGS = True  # remove a source's legs below its moved hips when its knees are not found
 # pose maps are rendered at twice the latent resolution and average-pooled (smooth, no aliasing)
 _POSE_HW = (2 * LATENT_HW[0], 2 * LATENT_HW[1])
@@ -164,7 +168,8 @@ def latent_conditions(source_latent: torch.Tensor, source_kp, target_kp, min_sco
 
 
 def warp_inputs(source_images: torch.Tensor, source_kp, target_kp, min_score: float = 0.5, *,
-                return_repair: bool = False, inside: torch.Tensor | None = None, upscale=None, turned_head: bool = True):  # fmt: skip
+                return_repair: bool = False, inside: torch.Tensor | None = None, upscale=None, turned_head: bool = True,
+                person: torch.Tensor | None = None):  # fmt: skip
     """The pixel-space warp: the warped body composited over the source, ``[B, 3, 256, 128]``.
 
     Args:
@@ -185,6 +190,15 @@ def warp_inputs(source_images: torch.Tensor, source_kp, target_kp, min_score: fl
         turned_head: include that head region in the repair mask (the sampler leaves it out when
             it does not repaint, ``repair_strength <= strength``: a low-strength pass cannot turn a
             head, and would only soften the face).
+        person: ``float [B, 1, 256, 128]`` in ``[0, 1]``, the source's person mask in the frame
+            (:class:`posegen.pose.segmentation.PersonSegmenter`), or None. With it, the removed
+            (filled, then repaired) region grows to the person mask within :data:`_CARRY_REACH`
+            person scales of the source's body pixels that move (by more than :data:`_MOVE_MIN`
+            person scales, :func:`_moved_source`): what the person carries or wears beyond the
+            skeleton's radii (a handbag, a plastic bag, loose clothes, the far side of a wide
+            torso) no longer stays behind as a second copy next to the moved body. What lies
+            beyond the parts' radii is not moved (the warped body is drawn within them), so such
+            an object may come out cut where the limb that held it moved.
 
     Body pixels whose source location lies outside the frame (a target head higher or feet lower
     than the source's) have no source pixel: the warp's zero padding would paste black there, so
@@ -199,6 +213,9 @@ def warp_inputs(source_images: torch.Tensor, source_kp, target_kp, min_score: fl
     grid, weight = limb_flow(source_kp, target_kp, FRAME_HW, min_score=min_score, **CONSTRAINED_WARP)
     dev = source_images.device
     fill = _source_mask(source_kp, target_kp, _POSE_HW, min_score).to(dev)
+    if person is not None:
+        moved = _moved_source(grid, weight, source_kp, _POSE_HW, min_score).to(dev)
+        fill = torch.maximum(fill, _carried(person.to(dev).float(), _near(moved, source_kp, _POSE_HW, min_score)))
     # a plain backdrop (a studio photo): the person's clothes reach past the skeleton's radii, and
     # any backdrop pixel farther out is as good a sample, so the removed region grows by 3 cells of
     # the 64x32 mask (12 px of the frame)
@@ -404,6 +421,45 @@ def _paired(source_kp, target_kp, min_score: float) -> tuple[torch.Tensor, torch
     image side when the view flips, :func:`view_matched_source`), so that the removed source parts
     (:func:`_source_mask`) are the ones that move; both ``float32 [B, 17, 3]``."""
     return view_matched_source(source_kp, target_kp, min_score=min_score), torch.as_tensor(target_kp, dtype=torch.float32)
+
+
+def _near(body: torch.Tensor, keypoints, hw, min_score: float) -> torch.Tensor:
+    """``[B, 1, h, w]`` in ``{0, 1}``: within :data:`_CARRY_REACH` person scales of ``body`` (a soft
+    body mask on an ``hw`` grid, taken where it is >= 0.5), by a square max filter whose half-side
+    is that reach in grid pixels (:func:`~posegen.repose.warp.person_scale` of each sample's
+    keypoints, :data:`FRAME_HW` pixels, scaled to the grid)."""
+    s = person_scale(torch.as_tensor(keypoints, dtype=torch.float32), FRAME_HW, min_score=min_score)
+    solid = (body >= 0.5).float()
+    out = []
+    for i in range(body.shape[0]):
+        r = max(1, int(round(_CARRY_REACH * float(s[i]) * hw[0] / FRAME_HW[0])))
+        out.append(F.max_pool2d(solid[i : i + 1], 2 * r + 1, stride=1, padding=r))
+    return torch.cat(out)
+
+
+def _moved_source(grid: torch.Tensor, weight: torch.Tensor, source_kp, hw, min_score: float) -> torch.Tensor:
+    """Where the source's body moves: ``float32 [B, 1, h, w]`` in ``{0, 1}`` on an ``hw`` grid of
+    the source frame. Each opaque target body pixel (``weight >= 0.25``, on a grid of the frame
+    subsampled to ``hw``) that comes from more than :data:`_MOVE_MIN` person scales away marks the
+    source cell it samples (``grid``, :func:`~posegen.repose.warp.limb_flow`'s, :data:`FRAME_HW`)."""
+    b, h, w = grid.shape[0], int(hw[0]), int(hw[1])
+    g = F.interpolate(grid.permute(0, 3, 1, 2).float(), size=(h, w), mode="bilinear", align_corners=False)  # [B,2,h,w]
+    wt = F.interpolate(weight.float(), size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+    sx, sy = (g[:, 0] + 1) * w / 2 - 0.5, (g[:, 1] + 1) * h / 2 - 0.5  # sampled source cell, grid pixels
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    scale = person_scale(torch.as_tensor(source_kp, dtype=torch.float32), FRAME_HW, min_score=min_score) * h / FRAME_HW[0]
+    far = torch.hypot(sx - xs, sy - ys) > _MOVE_MIN * scale.view(-1, 1, 1)
+    hit = (wt >= 0.25) & far & (sx > -0.5) & (sx < w - 0.5) & (sy > -0.5) & (sy < h - 0.5)
+    out = torch.zeros(b, h * w)
+    for i in range(b):
+        idx = sy[i][hit[i]].round().long() * w + sx[i][hit[i]].round().long()
+        out[i, idx.clamp(0, h * w - 1)] = 1.0
+    return out.view(b, 1, h, w)
+
+
+def _carried(person: torch.Tensor, near: torch.Tensor) -> torch.Tensor:
+    """The person mask (frame grid) on ``near``'s coarser grid (max pooled), kept within ``near``."""
+    return (F.adaptive_max_pool2d(person, near.shape[-2:]) * near).clamp(0.0, 1.0)
 
 
 def _opaque(weight: torch.Tensor) -> torch.Tensor:

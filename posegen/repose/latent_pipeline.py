@@ -57,6 +57,7 @@ class LatentReposePipeline(DiffusionPipeline):
         repair_only: bool = False,
         repair_strength: float | None = None,
         turned_head: bool = False,
+        person_masks: bool = False,
     ):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
@@ -64,9 +65,17 @@ class LatentReposePipeline(DiffusionPipeline):
             strength=float(strength), num_inference_steps=int(num_inference_steps),
             autoencoder_fingerprint=str(autoencoder_fingerprint), min_score=float(min_score),
             repair_only=bool(repair_only), repair_strength=None if repair_strength is None else float(repair_strength),
-            turned_head=bool(turned_head),
+            turned_head=bool(turned_head), person_masks=bool(person_masks),
         )  # fmt: skip
         self.autoencoder: TAEF2 | None = None
+
+    def _segmenter(self):
+        """The :class:`~posegen.pose.segmentation.PersonSegmenter`, created on first use."""
+        if getattr(self, "_person_segmenter", None) is None:
+            from ..pose.segmentation import PersonSegmenter
+
+            self._person_segmenter = PersonSegmenter()
+        return self._person_segmenter
 
     @property
     def resolution(self) -> tuple[int, int]:
@@ -91,6 +100,7 @@ class LatentReposePipeline(DiffusionPipeline):
         repair_only: bool | None = None,
         repair_strength: float | None = None,
         turned_head: bool | None = None,
+        person_masks: bool | None = None,
         return_keypoints: bool = False,
     ):
         """Re-pose each source image to its target pose.
@@ -134,6 +144,11 @@ class LatentReposePipeline(DiffusionPipeline):
             turned_head: with ``repair_strength`` above ``strength``, also repaint the head of a
                 person who turns round (:func:`~posegen.repose.latent.turned_head_mask`). Default:
                 the model's (False for older models).
+            person_masks: remove what the source person carries or wears beyond the skeleton
+                (the person mask of :class:`~posegen.pose.segmentation.PersonSegmenter`, BlazePose
+                full's segmentation output, on each letterboxed source) near the moved parts along
+                with the body (``person`` of :func:`~posegen.repose.latent.warp_inputs`), so that no
+                second copy stays behind. Default: the model's (False for older models).
             return_keypoints: also return the target keypoints used (after alignment),
                 ``float32 [B, 17, 3]`` in pixels of ``target_sizes`` (per-axis rescaled from the
                 source's pixels, so ``scale_keypoints(kp, target_size, source_size)`` gives them
@@ -179,6 +194,8 @@ class LatentReposePipeline(DiffusionPipeline):
             repair_only = bool(getattr(self.config, "repair_only", False))
         if turned_head is None:
             turned_head = bool(getattr(self.config, "turned_head", False))
+        if person_masks is None:
+            person_masks = bool(getattr(self.config, "person_masks", False))
 
         boxes = [letterbox_params((im.shape[1], im.shape[0]), FRAME_HW) for im in images]
         frames = np.stack([bx.image_to_frame(im) for bx, im in zip(boxes, images)])
@@ -203,8 +220,12 @@ class LatentReposePipeline(DiffusionPipeline):
         cond, warped_latent = latent_conditions(z_src, skp, tkp, min_score)
         inside = torch.from_numpy(np.stack([bx.inside_mask() for bx in boxes]))[:, None].to(device)
         upscale = [bx.scale[0] for bx in boxes]
+        person = None
+        if person_masks:
+            seg = self._segmenter()
+            person = torch.from_numpy(np.stack([seg.mask(f) for f in frames]))[:, None].to(device) * inside
         pixel_warp, repair = warp_inputs(x, skp, tkp, min_score, return_repair=True, inside=inside, upscale=upscale,
-                                         turned_head=differential and bool(turned_head))  # fmt: skip
+                                         turned_head=differential and bool(turned_head), person=person)  # fmt: skip
         z0 = ae.encode(pixel_warp) if start == "pixel" else warped_latent
 
         sched = self.scheduler
