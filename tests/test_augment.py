@@ -320,8 +320,8 @@ def test_resume_survives_a_recipe_field_added_since(tmp_path):
 def test_target_choice_skips_targets_the_pose_only_checks_would_reject():
     """``augment``'s target test for the default model predicts the filter's two pose-only checks:
     a target that would make the warp copy the source's arm onto the torso (foreign-part share above
-    ``max_foreign_fraction``) is refused, the source's own pose passes, and with both checks off
-    there is no test."""
+    ``max_foreign_fraction``) is refused, the source's own pose passes, and with both checks and the
+    hands rule off there is no test."""
     from conftest import standing_pose
 
     from posegen.augment.run import _honour_check
@@ -336,7 +336,8 @@ def test_target_choice_skips_targets_the_pose_only_checks_would_reject():
     assert honour("a.jpg", across, stand[None]).tolist() == [False]
     off = recipe.model_copy(update={"filter": recipe.filter.model_copy(update={"max_foreign_fraction": None})})
     assert _honour_check(off, pose_of)("a.jpg", across, stand[None]).tolist() == [True]  # the foreign test is off
-    none = off.model_copy(update={"filter": off.filter.model_copy(update={"max_invented_fraction": None})})
+    none = off.model_copy(update={"filter": off.filter.model_copy(update={"max_invented_fraction": None}),
+                                  "augment": off.augment.model_copy(update={"avoid_hands_onto_torso": False})})
     assert _honour_check(none, pose_of) is None
     # avoid_hands_onto_torso: a target that puts a hanging hand over the torso goes after the others,
     # not when the source already holds it there
