@@ -78,7 +78,7 @@ _MIN_BACKGROUND = 0.005  # share of the frame below which the background texture
 #: Radius of :func:`turned_head_mask`'s disc in person scales (torso lengths): the head and the top
 #: of the shoulders of a standing person. Chosen on the cross-view pairs' OKS (0.25 raised it less).
 HEAD_TURN_RADIUS = 0.35
-#: how far (person scales) from the source's moved parts :func:`warp_inputs` removes the person mask too
+#: how far (person scales) from the source's moving body pixels :func:`warp_inputs` removes the person mask too
 _CARRY_REACH = 0.4
 #: a source body pixel moving farther than this (person scales) counts as moved for the carry removal
 _MOVE_MIN = 0.05
@@ -446,11 +446,12 @@ def _moved_source(grid: torch.Tensor, weight: torch.Tensor, source_kp, hw, min_s
     g = F.interpolate(grid.permute(0, 3, 1, 2).float(), size=(h, w), mode="bilinear", align_corners=False)  # [B,2,h,w]
     wt = F.interpolate(weight.float(), size=(h, w), mode="bilinear", align_corners=False)[:, 0]
     sx, sy = (g[:, 0] + 1) * w / 2 - 0.5, (g[:, 1] + 1) * h / 2 - 0.5  # sampled source cell, grid pixels
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
-    scale = person_scale(torch.as_tensor(source_kp, dtype=torch.float32), FRAME_HW, min_score=min_score) * h / FRAME_HW[0]
+    dev = g.device
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=dev), torch.arange(w, dtype=torch.float32, device=dev), indexing="ij")
+    scale = person_scale(torch.as_tensor(source_kp, dtype=torch.float32), FRAME_HW, min_score=min_score).to(dev) * h / FRAME_HW[0]
     far = torch.hypot(sx - xs, sy - ys) > _MOVE_MIN * scale.view(-1, 1, 1)
-    hit = (wt >= 0.25) & far & (sx > -0.5) & (sx < w - 0.5) & (sy > -0.5) & (sy < h - 0.5)
-    out = torch.zeros(b, h * w)
+    hit = (wt.to(dev) >= 0.25) & far & (sx > -0.5) & (sx < w - 0.5) & (sy > -0.5) & (sy < h - 0.5)
+    out = torch.zeros(b, h * w, device=dev)
     for i in range(b):
         idx = sy[i][hit[i]].round().long() * w + sx[i][hit[i]].round().long()
         out[i, idx.clamp(0, h * w - 1)] = 1.0
