@@ -79,6 +79,21 @@ def _bytes(folder, names):
     return {n: (folder / n).read_bytes() for n in names}
 
 
+def _same_up_to_rounding(folder, names, reference: dict) -> bool:
+    """Every ``folder / name`` decodes to ``reference[name]``'s pixels within one grey level at no
+    more than 1 % of the pixels: another batch size may change the CPU's convolution algorithm and
+    with it the last float bit (seen: one pixel, one level), while any batch-level coupling of the
+    samples would change whole images."""
+    import io
+
+    for n in names:
+        a = np.asarray(Image.open(folder / n), dtype=np.int16)
+        b = np.asarray(Image.open(io.BytesIO(reference[n])), dtype=np.int16)
+        if a.shape != b.shape or np.abs(a - b).max() > 1 or (a != b).mean() > 0.01:
+            return False
+    return True
+
+
 def test_read_pairs_market_file_and_errors(tmp_path):
     market = read_pairs(require(MARKET_KP / "market-pairs-test.csv"))
     assert list(market.columns) == ["from", "to"] and len(market) == 12000
@@ -125,16 +140,18 @@ def test_library_batch_outputs_reasons_resume_and_batch_independence(setup, pipe
     assert (again["status"] == "skipped-existing").sum() == 5 and (again["status"] == "failed").sum() == 2
     assert _bytes(out4, names) == first
 
-    # resumption after a lost output, in batches of 1: the regenerated file is byte-identical
+    # resumption after a lost output, in batches of 1: the regenerated file is the same image, the
+    # others are untouched
     (out4 / names[2]).unlink()
     resumed = repose_pairs(setup["pairs_csv"], setup["parquet"], root, out4, pipe=pipe, steps=2, seed=5, batch_size=1)
     assert resumed.loc[resumed["output"] == names[2], "status"].tolist() == ["ok"]
-    assert _bytes(out4, names) == first
+    assert {n: b for n, b in _bytes(out4, names).items() if n != names[2]} == {n: b for n, b in first.items() if n != names[2]}
+    assert _same_up_to_rounding(out4, names[2:3], first)
 
-    # a whole run in batches of 1 gives the same bytes as batches of 4
+    # a whole run in batches of 1 gives the same images as batches of 4 (up to float rounding)
     out1 = tmp_path / "b1"
     repose_pairs(setup["pairs"], setup["poses"], root, out1, pipe=pipe, steps=2, seed=5, batch_size=1)
-    assert _bytes(out1, names) == first
+    assert _same_up_to_rounding(out1, names, first)
     # and another seed gives other images
     out_s = tmp_path / "s6"
     repose_pairs(setup["pairs"], setup["poses"], root, out_s, pipe=pipe, steps=2, seed=6, batch_size=4, limit=1)
