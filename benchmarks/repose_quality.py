@@ -329,7 +329,8 @@ def main() -> None:
     ap.add_argument("--latent-steps", type=int, default=None, help="latent models: DDIM steps (default: the model's)")
     ap.add_argument("--repair-strength", type=float, default=None,
                     help="latent models: SDEdit strength where the warp invented pixels (default: the model's; <= strength: off)")
-    ap.add_argument("--starts", nargs="+", default=["pixel"], choices=["pixel", "latent"], help="latent models: SDEdit start")
+    ap.add_argument("--starts", nargs="+", default=None, choices=["pixel", "latent"],
+                    help="latent models: SDEdit start (default: the model's)")
     ap.add_argument("--no-baselines", action="store_true", help="latent models: only the model rows")
     ap.add_argument("--person-masks", choices=["model", "on", "off"], default="model",
                     help="latent models: remove the source's person mask near the moved parts (default: the model's setting)")
@@ -595,14 +596,14 @@ BASELINES = (
 
 
 def evaluate_latent(model_dir, pair_sets: dict, poses, recipe, backend, *, strengths, steps, batch_size, seed,
-                    starts=("pixel",), repair_modes=(True,), baselines=True, data: dict | None = None,
+                    starts=None, repair_modes=(True,), baselines=True, data: dict | None = None,
                     repair_strength: float | None = None, turned_head: bool | None = None,
                     person_masks: bool | None = None) -> dict:  # fmt: skip
     """Rows per pair set: the baselines and the model at each strength.
 
     ``data`` maps a pair set's name to ``(root, poses, compare_hw)`` when it is not a CUHK03 val set
     (the fashion pairs); the others use ``poses`` and the CUHK03 val root. ``steps`` and
-    ``repair_strength`` and ``turned_head`` None: the model's own sampling defaults."""
+    ``repair_strength``, ``turned_head`` and ``starts`` None: the model's own sampling defaults."""
     from posegen.metrics import ReidEmbedder
 
     from posegen.filter import load_embedder
@@ -610,6 +611,7 @@ def evaluate_latent(model_dir, pair_sets: dict, poses, recipe, backend, *, stren
     pipe = load_pipeline(model_dir)
     steps = int(steps or pipe.config.num_inference_steps)
     rs = getattr(pipe.config, "repair_strength", None) if repair_strength is None else repair_strength
+    starts = tuple(starts) if starts else (str(getattr(pipe.config, "start", "pixel")),)
     # the recipe's identity embedder when it names one (deepfashion: the garment colour histogram)
     embedder = load_embedder(recipe.filter.reid_weights) if recipe.filter.reid_weights else ReidEmbedder(OSNET)
     out = {}

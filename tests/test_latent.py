@@ -503,6 +503,37 @@ def test_repair_strength_regenerates_only_the_invented_region(blazepose):
         run(1.5)
 
 
+def test_latent_start_encodes_each_source_once_and_changes_only_the_repair(blazepose):
+    """The shipped model starts SDEdit from the latent-space warp (``start`` in its
+    ``model_index.json``): TAEF2 then encodes each distinct source once, where ``start="pixel"``
+    also encodes every pixel warp. With ``repair_only`` both keep the warp's real pixels, so the
+    outputs differ only inside the repaired part of the frame. An unknown start is a ValueError."""
+    from posegen.repose import load_pipeline
+
+    _default_model()
+    src, _, src_kp, tgt_kp, sizes = _val_pairs(blazepose, 2)
+    pipe = load_pipeline(None)
+    assert pipe.config.start == "latent" and pipe.config.repair_only
+    encoded = []
+    encode = pipe.autoencoder.encode
+    pipe.autoencoder.encode = lambda x: encoded.append(len(x)) or encode(x)
+    # each source twice (two targets of one source, as augment batches them)
+    src2, skp2, tkp2 = [src[0], src[0], src[1], src[1]], src_kp[[0, 0, 1, 1]], tgt_kp[[0, 1, 1, 0]]
+
+    def run(start):
+        encoded.clear()
+        out = pipe(src2, skp2, tkp2, target_sizes=[sizes[0], sizes[1], sizes[1], sizes[0]], start=start,
+                   generator=[torch.Generator().manual_seed(0) for _ in src2], output_type="pt")  # fmt: skip
+        return out, sum(encoded)
+
+    (latent, n_latent), (pixel, n_pixel) = run(None), run("pixel")
+    assert (n_latent, n_pixel) == (2, 6)
+    changed = (latent - pixel).abs().amax(1) > 4 / 255
+    assert 0.0 < float(changed.float().mean()) < 0.3, float(changed.float().mean())
+    with pytest.raises(ValueError, match="start"):
+        run("noise")
+
+
 def test_turned_head_repaints_the_head_only():
     """The shipped model repaints the head of a person who turns round (``turned_head``, on in its
     ``model_index.json``), and nothing else: a person turned round in place (left and right labels

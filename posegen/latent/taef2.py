@@ -113,6 +113,9 @@ class TAEF2(ModelMixin, ConfigMixin):
             raise ValueError(f"TAEF2 has {LATENT_CHANNELS} latent channels and scale {LATENT_SCALE}")
         self.encoder = _encoder()
         self.decoder = _decoder()
+        # NHWC weights and activations: oneDNN's CPU convolutions run about 15 % faster on them
+        # (``benchmarks/default_model_speed.py``); the results are the same up to float rounding
+        self.to(memory_format=torch.channels_last)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """``[N, 3, H, W]`` in 0..1 -> latents ``[N, 32, H/8, W/8]``.
@@ -124,13 +127,13 @@ class TAEF2(ModelMixin, ConfigMixin):
             raise ValueError(f"images must be [N, 3, H, W], got {tuple(images.shape)}")
         if images.shape[-1] % LATENT_SCALE or images.shape[-2] % LATENT_SCALE:
             raise ValueError(f"image height and width must be multiples of {LATENT_SCALE}, got {tuple(images.shape[-2:])}")
-        return self.encoder(images)
+        return self.encoder(images.contiguous(memory_format=torch.channels_last))
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents ``[N, 32, h, w]`` -> RGB ``[N, 3, 8h, 8w]`` clamped to 0..1."""
         if latents.ndim != 4 or latents.shape[1] != LATENT_CHANNELS:
             raise ValueError(f"latents must be [N, {LATENT_CHANNELS}, h, w], got {tuple(latents.shape)}")
-        return self.decoder(latents).clamp(0.0, 1.0)
+        return self.decoder(latents.contiguous(memory_format=torch.channels_last)).clamp(0.0, 1.0)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Reconstruction ``decode(encode(images))``."""

@@ -9,8 +9,9 @@ local folder and checks its fingerprint against the one the model was trained wi
 
 A saved pipeline is a folder ``model_index.json`` + ``unet/`` + ``scheduler/``;
 ``model_index.json`` also holds the sampling defaults (``strength``, ``num_inference_steps``,
-``repair_only``, ``repair_strength``; a model saved before ``repair_strength`` existed has none) and
-the autoencoder fingerprint.
+``repair_only``, ``repair_strength``, ``turned_head``, ``person_masks``, ``start``; a model saved
+before one of them existed has none, and the old behaviour is its default) and the autoencoder
+fingerprint.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class LatentReposePipeline(DiffusionPipeline):
         repair_strength: float | None = None,
         turned_head: bool = False,
         person_masks: bool = False,
+        start: str = "pixel",
     ):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
@@ -65,7 +67,7 @@ class LatentReposePipeline(DiffusionPipeline):
             strength=float(strength), num_inference_steps=int(num_inference_steps),
             autoencoder_fingerprint=str(autoencoder_fingerprint), min_score=float(min_score),
             repair_only=bool(repair_only), repair_strength=None if repair_strength is None else float(repair_strength),
-            turned_head=bool(turned_head), person_masks=bool(person_masks),
+            turned_head=bool(turned_head), person_masks=bool(person_masks), start=str(start),
         )  # fmt: skip
         self.autoencoder: TAEF2 | None = None
 
@@ -96,7 +98,7 @@ class LatentReposePipeline(DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "np",
         align: bool = True,
-        start: str = "pixel",
+        start: str | None = None,
         repair_only: bool | None = None,
         repair_strength: float | None = None,
         turned_head: bool | None = None,
@@ -126,8 +128,12 @@ class LatentReposePipeline(DiffusionPipeline):
                 of :func:`~posegen.repose.warp.align_pose`; what ``augment`` wants). False keeps
                 the target pose where it is in its own image (mapped through that image's own
                 letterbox), as pose-transfer benchmarks with a real target image need.
-            start: SDEdit's starting latent: ``"pixel"`` = the encoded pixel-space warp (sharper),
-                ``"latent"`` = the latent-space warp the model is conditioned on.
+            start: SDEdit's starting latent: ``"pixel"`` = the encoded pixel-space warp (sharper
+                when the whole decoded output is used), ``"latent"`` = the latent-space warp the
+                model is conditioned on (no second encoding per image; with ``repair_only`` and
+                ``repair_strength`` the outputs match ``"pixel"``'s, SSIM 0.272 vs 0.274 on the
+                same-view pairs, ``benchmarks/results/repose_quality-latent-start-nhwc.md``). Default:
+                the model's (``"pixel"`` for older models).
             repair_only: paste the model's output only where the warp had to invent pixels (the
                 repair mask of :func:`~posegen.repose.latent.warp_inputs`: the source's moved parts
                 not covered by the warped body, plus a seam band; with ``repair_strength`` above
@@ -166,6 +172,8 @@ class LatentReposePipeline(DiffusionPipeline):
             raise RuntimeError("no autoencoder: load the pipeline with posegen.repose.load_pipeline()")
         if output_type not in ("np", "pil", "pt"):
             raise ValueError(f"output_type must be 'np', 'pil' or 'pt', got {output_type!r}")
+        if start is None:
+            start = str(getattr(self.config, "start", "pixel"))
         if start not in ("pixel", "latent"):
             raise ValueError(f"start must be 'pixel' or 'latent', got {start!r}")
         steps = int(num_inference_steps or self.config.num_inference_steps)
@@ -247,7 +255,7 @@ class LatentReposePipeline(DiffusionPipeline):
                 lat = torch.where(regen, lat, sched.add_noise(z0, noise, t.repeat(b)))
             pred = self.unet(torch.cat([lat.to(dtype), cond], 1), t).sample.float()
             lat = sched.step(pred, t, lat, generator=generator).prev_sample
-        out = ae.decode(lat.float()).clamp(0.0, 1.0)
+        out = ae.decode(lat.float())
         if repair_only:  # keep the warp's real pixels; the model's only where the warp invented them
             out = repair * out + (1.0 - repair) * pixel_warp
         out = out.cpu()

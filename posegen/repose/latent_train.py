@@ -463,7 +463,7 @@ def prepare_training_data(
 def save_latent_model(
     unet, out_dir: str | os.PathLike, cfg: LatentTrainConfig, fingerprint: str, *,
     strength: float = 0.4, num_inference_steps: int = 4, fp16: bool = True, repair_only: bool = True,
-    repair_strength: float | None = None, turned_head: bool = False, person_masks: bool = False,
+    repair_strength: float | None = None, turned_head: bool = False, person_masks: bool = False, start: str = "pixel",
 ) -> Path:
     """Write a :class:`~posegen.repose.latent_pipeline.LatentReposePipeline` folder (atomically).
 
@@ -471,8 +471,8 @@ def save_latent_model(
         unet: the denoiser (copied; with the weights to ship, e.g. the EMA weights).
         cfg: the training configuration (its schedule defines the scheduler).
         fingerprint: :func:`autoencoder_fingerprint` of the TAEF2 it was trained with.
-        strength, num_inference_steps, repair_only, repair_strength, turned_head, person_masks: sampling defaults stored in
-            ``model_index.json``.
+        strength, num_inference_steps, repair_only, repair_strength, turned_head, person_masks, start: sampling
+            defaults stored in ``model_index.json``.
         fp16: store the weights as float16 safetensors.
 
     Returns:
@@ -490,6 +490,7 @@ def save_latent_model(
         net, make_noise_scheduler(cfg.num_train_timesteps, cfg.beta_schedule), strength=strength,
         num_inference_steps=num_inference_steps, autoencoder_fingerprint=fingerprint, min_score=cfg.min_score,
         repair_only=repair_only, repair_strength=repair_strength, turned_head=turned_head, person_masks=person_masks,
+        start=start,
     )  # fmt: skip
     tmp = out_dir.with_name(f".tmp-{out_dir.name}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -595,7 +596,7 @@ def train_latent_recipe(
         save_latent_model(unet, out, cfg, fingerprint, strength=recipe.sample.strength,
                           num_inference_steps=recipe.sample.steps, repair_only=recipe.sample.repair_only,
                           repair_strength=recipe.sample.repair_strength, turned_head=recipe.sample.turned_head,
-                          person_masks=recipe.sample.person_masks)  # fmt: skip
+                          person_masks=recipe.sample.person_masks, start=recipe.sample.start)  # fmt: skip
         atomic_write_text(out / "recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
 
     return train_latent(cfg, latents, kps, pairs, run_dir, progress=lambda s, n, logs: cb("train", s, n), save_model=save)
