@@ -40,7 +40,13 @@ STAGES = ("encode", "denoise", "decode", "other")
 
 
 def batches(n_sources: int, k: int, batch_size: int):
-    """Source ``i`` of the same-view list with the targets of pairs ``i .. i+k-1``, in batches."""
+    """Source ``i`` of the same-view list with the targets of pairs ``i .. i+k-1``, in batches.
+
+    Yields ``(images, source_kp, target_kp, target_sizes)``: ``batch_size`` RGB ``uint8 [H, W, 3]``
+    crops (a source repeated for each of its targets is the same array, so the pipeline encodes it
+    once), COCO-17 ``float32 [B, 17, 3]`` ``(x, y, score)`` in pixels of the source and of the
+    target image, and the target images' ``(width, height)``. Poses: the default backend's, cached
+    by ``benchmarks/repose_quality.py``."""
     with get_backend(DEFAULT_BACKEND) as be:
         manifest, poses = val_poses(be)
     pairs = load_same_view_pairs(manifest, poses)
