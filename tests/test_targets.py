@@ -9,7 +9,7 @@ import pytest
 from conftest import MARKET_KP, SHARED, require
 from posegen.augment.targets import choose_targets, pose_view
 from posegen.pose.keypoints import near_side
-from posegen.filter.scores import IMPLAUSIBLE_TARGET
+from posegen.filter.scores import IMPLAUSIBLE_TARGET, UNHONOURED_TARGET
 from posegen.pose.formats import keypoints_array, read_poses
 from posegen.pose.plausibility import PLAUSIBILITY_REASONS, pose_plausibility, reason_key
 
@@ -262,8 +262,43 @@ def test_pose_distance_prefers_targets_the_warp_can_honour():
         return t_kp[:, 0, 0] > s_kp[0, 0]
 
     order = rng.permutation(40)
-    ones = _by_pose_distance(order, src, many, (0.0, 1.01), np.ones(40, bool), 5, 30, 0.5, nose_right, chunk=1)
-    sixteen = _by_pose_distance(order, src, many, (0.0, 1.01), np.ones(40, bool), 5, 30, 0.5, nose_right, chunk=16)
+    ones, _ = _by_pose_distance(order, src, many, (0.0, 1.01), np.ones(40, bool), 5, 30, 0.5, nose_right, chunk=1)
+    sixteen, _ = _by_pose_distance(order, src, many, (0.0, 1.01), np.ones(40, bool), 5, 30, 0.5, nose_right, chunk=16)
     assert ones.tolist() == sixteen.tolist() and sorted(ones.tolist()) == list(range(40))
     assert ones[:5].tolist() != order[:5].tolist()  # the test did reorder
-    assert t["target"].tolist() != ["b4.jpg"] and t["reason"].tolist() == [""]  # the plain order then
+    # the only candidate in the band refused: the drawn one (outside the band) is not generated
+    assert t["target"].tolist() != ["b4.jpg"] and t["reason"].tolist() == [UNHONOURED_TARGET]
+    t = choose_targets(sources, bank, k=2, seed=0, pose_oks_range=(0.65, 0.8), honour=lambda p, s_kp, t_kp: np.ones(len(t_kp), bool))
+    assert t["target"].iloc[0] == "b4.jpg" and t["reason"].tolist() == ["", UNHONOURED_TARGET]
+
+
+def test_targets_the_warp_cannot_honour_are_rejected_before_generation():
+    """With ``honour``, only the candidates in the OKS band that pass it are generated: when fewer
+    than ``k`` do, the other rows carry :data:`UNHONOURED_TARGET` (the filter would reject most of
+    their outputs) and are not generated."""
+    import pandas as pd
+
+    from conftest import standing_pose
+    from posegen.augment.targets import choose_targets
+    from posegen.filter.scores import UNHONOURED_TARGET
+
+    src = standing_pose()
+    walk = [standing_pose(noise=3.0, seed=i) for i in range(1, 5)]  # other frames of the walk: in the band
+    bank = pd.DataFrame({"path": [f"b{i}.jpg" for i in range(4)], "pid": [1, 2, 3, 4], "keypoints": walk})
+    sources = pd.DataFrame({"path": ["s.jpg"], "pid": [0], "keypoints": [src]})
+    band = (0.5, 0.99)
+    free = choose_targets(sources, bank, k=3, seed=0, pose_oks_range=band)
+    assert (free["reason"] == "").all()
+    refused = choose_targets(sources, bank, k=3, seed=0, pose_oks_range=band,
+                             honour=lambda p, s_kp, t_kp: np.zeros(len(t_kp), bool))  # fmt: skip
+    assert (refused["reason"] == UNHONOURED_TARGET).all() and refused["target"].tolist() == free["target"].tolist()
+    only = free["target"].iloc[1]  # one candidate passes: drawn first and generated, the others rejected
+    one = choose_targets(sources, bank, k=3, seed=0, pose_oks_range=band,
+                         honour=lambda p, s_kp, t_kp: np.array([bool(np.allclose(t, _placed(bank, only, src))) for t in t_kp]))  # fmt: skip
+    assert one["target"].iloc[0] == only and one["reason"].tolist() == ["", UNHONOURED_TARGET, UNHONOURED_TARGET]
+
+
+def _placed(bank, path, src):
+    from posegen.repose.warp import align_pose
+
+    return align_pose(np.asarray(bank.set_index("path").loc[path, "keypoints"], np.float32), src)

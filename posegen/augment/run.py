@@ -19,7 +19,10 @@
 Target poses are checked *before* generation with the pose-validity prior
 (:func:`posegen.prior.load_pose_prior`, ``recipe.augment.use_prior``): an implausible target is
 replaced by the next candidate of the source's seeded draw, or the row is rejected with reason
-``"implausible target pose"`` without generating (:func:`choose_targets`).
+``"implausible target pose"`` without generating (:func:`choose_targets`). With the default model,
+a source gets only targets its warp can honour (within ``augment.target_pose_oks`` and passing the
+filter's pose-only checks predicted from the poses, :func:`_honour_check`); rows beyond those are
+rejected without generating, reason ``"target pose the warp cannot honour"``.
 
 Output conventions
 ------------------
@@ -936,7 +939,7 @@ def _generate_batch(batch, pipe, root, out, pose_of, meta, scorer: _Scorer, step
     import torch
 
     rows: dict[int, dict] = {}
-    # rows rejected before generation (implausible target pose): no image
+    # rows rejected before generation (implausible target pose, or one the warp cannot honour): no image
     gen = []
     for j, (src, kk, tgt, s, e, reason) in enumerate(
         zip(batch["source"], batch["k"], batch["target"], batch["seed"], batch["prior_energy"], batch["reason"])

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .._io import stable_seed
-from ..filter.scores import IMPLAUSIBLE_TARGET
+from ..filter.scores import IMPLAUSIBLE_TARGET, UNHONOURED_TARGET
 from ..pose.keypoints import DEFAULT_SIDE_RATIO, pose_view
 
 __all__ = ["choose_targets", "pose_view", "TARGET_COLUMNS", "DEFAULT_SIDE_RATIO", "DEFAULT_VIEW_TOLERANCE"]
@@ -100,7 +100,11 @@ def choose_targets(
             target keypoints float32 [N, 17, 3])`` (pixels of the source image) -> ``bool [N]``:
             False puts the candidate after the ones that pass (``augment`` passes the filter's
             pose-only checks predicted for the default model's warp: invented share and
-            foreign-part share). None: no such test.
+            foreign-part share). Only the candidates in the band that pass are generated: when
+            fewer than ``k`` do, the other rows are rejected before generation (``reason``
+            :data:`~posegen.filter.scores.UNHONOURED_TARGET`): the filter would reject most of
+            their outputs (a target outside the band, or one the warp cannot honour). None: no
+            such test.
 
     Returns:
         DataFrame :data:`TARGET_COLUMNS`: ``source, k, target, seed, prior_energy, reason`` with
@@ -153,16 +157,22 @@ def choose_targets(
             gap = np.abs(b_aspect[order] - s_aspect[i_src])
             same &= ~(gap > view_tolerance)  # NaN (unknown aspect) does not count against
             order = np.concatenate([order[same], order[~same]])
+        honoured: set[int] | None = None  # with honour: the only candidates to generate
         if pose_oks_range is not None:
             check = None if honour is None else (lambda s_kp, t_kp, src=src: honour(src, s_kp, t_kp))
-            order = _by_pose_distance(order, sources["keypoints"].iloc[i_src], bank_kp, pose_oks_range,
-                                      plausible, k, max_pose_checks, min_score, check)  # fmt: skip
+            order, passed = _by_pose_distance(order, sources["keypoints"].iloc[i_src], bank_kp, pose_oks_range,
+                                              plausible, k, max_pose_checks, min_score, check)  # fmt: skip
+            honoured = passed if honour is not None else None
+
+        def why(t) -> str:
+            return "" if honoured is None or int(t) in honoured else UNHONOURED_TARGET
+
         good = order[plausible[order]]
-        picks: list[tuple[int, str]] = [(int(t), "") for t in good[:k]]
+        picks: list[tuple[int, str]] = [(int(t), why(t)) for t in good[:k]]
         if len(picks) < k:
             if len(idx) < k and len(good):  # too few candidates at all: draw plausible ones again
                 extra = rng.choice(good, size=k - len(picks), replace=True)
-                picks += [(int(t), "") for t in extra]
+                picks += [(int(t), why(t)) for t in extra]
             else:
                 bad = order[~plausible[order]]
                 picks += [(int(t), IMPLAUSIBLE_TARGET) for t in bad[: k - len(picks)]]
@@ -173,11 +183,12 @@ def choose_targets(
 
 
 def _by_pose_distance(order, source_kp, bank_kp, oks_range, plausible, k, max_checks, min_score, check=None,
-                      chunk: int = 16) -> np.ndarray:  # fmt: skip
+                      chunk: int = 16) -> tuple[np.ndarray, set[int]]:  # fmt: skip
     """``order`` with the candidates whose aligned pose is within ``oks_range`` of the source's
     (and passes ``check(source_kp, aligned_kp [N, 17, 3]) -> bool [N]`` when given) first (stable;
     only the first ``max_checks`` plausible candidates are tested, ``chunk`` at a time, until
-    ``k`` pass: the ones after the ``k``-th are left in their place, as a one-by-one test would)."""
+    ``k`` pass: the ones after the ``k``-th are left in their place, as a one-by-one test would),
+    and the set of the candidates (bank rows) moved first (at most ``k``)."""
     from ..metrics import oks
     from ..repose.warp import align_pose
 
@@ -187,11 +198,13 @@ def _by_pose_distance(order, source_kp, bank_kp, oks_range, plausible, k, max_ch
     ok = np.zeros(len(head), dtype=bool)
     found = 0
     for start in range(0, len(head), chunk):
+        todo = [j for j in range(start, min(start + chunk, len(head))) if plausible[head[j]]]
+        if not todo:
+            continue
+        raw = np.stack([np.asarray(bank_kp[head[j]], dtype=np.float32).reshape(17, 3) for j in todo])
+        placed = align_pose(raw, np.repeat(src[None], len(raw), 0), min_score=min_score)  # the chunk at once
         idx, tgts = [], []
-        for j in range(start, min(start + chunk, len(head))):
-            if not plausible[head[j]]:
-                continue
-            tgt = align_pose(np.asarray(bank_kp[head[j]], dtype=np.float32).reshape(17, 3), src, min_score=min_score)
+        for j, tgt in zip(todo, placed):
             if lo <= oks(tgt, src, min_score=min_score) < hi:
                 idx.append(j)
                 tgts.append(tgt)
@@ -204,4 +217,4 @@ def _by_pose_distance(order, source_kp, bank_kp, oks_range, plausible, k, max_ch
                 found += 1
         if found >= k:
             break
-    return np.concatenate([head[ok], head[~ok], order[max_checks:]])
+    return np.concatenate([head[ok], head[~ok], order[max_checks:]]), {int(t) for t in head[ok]}

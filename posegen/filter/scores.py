@@ -92,12 +92,17 @@ __all__ = [
     "FILTER_COLUMNS",
     "REASON_ORDER",
     "IMPLAUSIBLE_TARGET",
+    "UNHONOURED_TARGET",
     "PCK_ALPHA",
     "PCK_REFERENCE",
 ]
 
 #: Reason of a row whose target pose the pose-validity prior rejected before generation.
 IMPLAUSIBLE_TARGET = "implausible target pose"
+#: Reason of a row rejected before generation because the default model's warp cannot honour its
+#: target pose: the filter's pose-only checks (copied body parts, invented background, a hand laid
+#: over the torso), predicted from the two poses, fail for every remaining candidate of the source.
+UNHONOURED_TARGET = "target pose the warp cannot honour"
 
 #: Reason prefixes in the order the checks run (the first failing one is the reason).
 REASON_ORDER = (

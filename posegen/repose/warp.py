@@ -69,8 +69,6 @@ of the keypoints (computed without gradient); :func:`warp` is differentiable w.r
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -401,51 +399,78 @@ def _segment_sqdist(X, Y, a, b):
     ax, ay = a[..., 0, None, None], a[..., 1, None, None]
     vx, vy = (b[..., 0] - a[..., 0])[..., None, None], (b[..., 1] - a[..., 1])[..., None, None]
     vv = vx * vx + vy * vy
+    vv = torch.where(vv > 1e-12, vv, torch.full_like(vv, float("inf")))  # a point: t = 0
     px, py = X - ax, Y - ay
-    t = ((px * vx + py * vy) / vv.clamp_min(1e-12)).clamp(0.0, 1.0)
-    t = torch.where(vv > 1e-12, t, torch.zeros_like(t))
-    dx, dy = px - t * vx, py - t * vy
-    return dx * dx + dy * dy
+    # full-size [B, S, h, w] work in place: this runs per part and pixel on every warp and check
+    t = (px * vx + py * vy).div_(vv).clamp_(0.0, 1.0)
+    dx = torch.addcmul(px, t, vx, value=-1.0)
+    dy = torch.addcmul(py, t, vy, value=-1.0)
+    return dx.mul_(dx).addcmul_(dy, dy)
+
+
+def _convex_hull(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Vertices of the convex hull of ``(x, y)`` points, counter-clockwise in x-right/y-up terms
+    (every interior point is on the positive side of each edge ``a -> b``: ``(b - a) x (p - a) > 0``),
+    collinear points dropped; 1 or 2 points (or all collinear: the two ends) come back as a point
+    or a segment. Andrew's monotone chain (Andrew 1979)."""
+    pts = sorted(set(points))
+    if len(pts) <= 2:
+        return pts
+
+    def turn(o, a, b):
+        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+    lower: list[tuple[float, float]] = []
+    upper: list[tuple[float, float]] = []
+    for p in pts:
+        while len(lower) >= 2 and turn(lower[-2], lower[-1], p) <= 0:
+            lower.pop()
+        lower.append(p)
+    for p in reversed(pts):
+        while len(upper) >= 2 and turn(upper[-2], upper[-1], p) <= 0:
+            upper.pop()
+        upper.append(p)
+    hull = lower[:-1] + upper[:-1]
+    return hull if len(hull) >= 2 else pts[:1] + pts[-1:]
 
 
 def _hull_distance(X, Y, pts, mask):
     """Distance from pixel centres to the convex hull of the present points (0 inside).
 
     ``pts`` ``[B, K, 2]``, ``mask`` ``[B, K]`` -> ``[B, h, w]`` (``inf`` where no point is present).
-    The hull is the union of all triangles over present points; outside it, the distance is the
-    minimum over all segments between present points (a segment with one absent end is the
-    present point alone, so a single present point is covered too).
+    Each item's hull (:func:`_convex_hull`, at most ``K`` edges) is found on the CPU; a pixel is
+    inside when it is on the inner side of every edge of a hull with area, and outside its distance
+    is the minimum over the hull's edges (a single present point: the distance to it; two, or all
+    on a line: to the segment between the extreme ones).
     """
-    k = pts.shape[1]
-    inf = torch.tensor(float("inf"), dtype=pts.dtype, device=pts.device)
-    if k == 1:
-        i, j = [0], [0]
-    else:
-        i, j = (list(x) for x in zip(*itertools.combinations(range(k), 2)))
-    a, b = pts[:, i], pts[:, j]
-    ma, mb = mask[:, i], mask[:, j]
-    # an absent end collapses the segment onto the present one
-    a2 = torch.where(ma[..., None], a, b)
-    b2 = torch.where(mb[..., None], b, a)
-    ds = _segment_sqdist(X, Y, a2, b2)
-    d = torch.where((ma | mb)[..., None, None], ds, inf).amin(1)
-    tris = list(itertools.combinations(range(k), 3))
-    if tris:
-        i, j, l = (list(x) for x in zip(*tris))
-        p0, p1, p2 = pts[:, i], pts[:, j], pts[:, l]  # [B, T, 2]
-
-        def cross(a, b):
-            ex, ey = (b[..., 0] - a[..., 0])[..., None, None], (b[..., 1] - a[..., 1])[..., None, None]
-            return ex * (Y - a[..., 1, None, None]) - ey * (X - a[..., 0, None, None])
-
-        c0, c1, c2 = cross(p0, p1), cross(p1, p2), cross(p2, p0)
-        area = (
-            (p1[..., 0] - p0[..., 0]) * (p2[..., 1] - p0[..., 1])
-            - (p1[..., 1] - p0[..., 1]) * (p2[..., 0] - p0[..., 0])
-        ).abs()
-        ok = (mask[:, i] & mask[:, j] & mask[:, l] & (area > 1e-6))[..., None, None]
-        inside = (((c0 >= 0) & (c1 >= 0) & (c2 >= 0)) | ((c0 <= 0) & (c1 <= 0) & (c2 <= 0))) & ok
-        d = torch.where(inside.any(1), torch.zeros_like(d), d)
+    b = pts.shape[0]
+    P = pts.detach().cpu().double().tolist()
+    M = mask.detach().cpu().tolist()
+    hulls = [_convex_hull([(p[0], p[1]) for p, m in zip(P[i], M[i]) if m]) for i in range(b)]
+    e = max([1] + [len(h) for h in hulls])
+    a = torch.zeros(b, e, 2, dtype=torch.float64)
+    c = torch.zeros(b, e, 2, dtype=torch.float64)
+    used = torch.zeros(b, dtype=torch.bool)
+    poly = torch.zeros(b, dtype=torch.bool)
+    for i, h in enumerate(hulls):
+        n = len(h)
+        if n == 0:
+            continue
+        used[i] = True
+        ends = [(h[j], h[(j + 1) % n]) for j in range(n)] if n >= 2 else [(h[0], h[0])]
+        ends += [(h[-1], h[-1])] * (e - len(ends))  # padding: a zero-length edge on a vertex
+        a[i] = torch.tensor([u for u, _ in ends], dtype=torch.float64)
+        c[i] = torch.tensor([v for _, v in ends], dtype=torch.float64)
+        twice_area = sum(h[j][0] * h[(j + 1) % n][1] - h[(j + 1) % n][0] * h[j][1] for j in range(n))
+        poly[i] = n >= 3 and abs(twice_area) > 1e-6
+    dev = pts.device
+    a, c = a.to(device=dev, dtype=pts.dtype), c.to(device=dev, dtype=pts.dtype)
+    d = _segment_sqdist(X, Y, a, c).amin(1)
+    ex, ey = (c[..., 0] - a[..., 0])[..., None, None], (c[..., 1] - a[..., 1])[..., None, None]
+    side = ex * (Y - a[..., 1, None, None]) - ey * (X - a[..., 0, None, None])  # (c - a) x (p - a)
+    inside = (side >= 0).all(1) & poly.to(dev)[:, None, None]
+    d = torch.where(inside, torch.zeros_like(d), d)
+    d = torch.where(used.to(dev)[:, None, None], d, torch.full_like(d, float("inf")))
     return d.sqrt()
 
 
@@ -751,12 +776,12 @@ def limb_flow(
     pi = torch.softmax(torch.cat([logits, g_logit], 1), dim=1)  # [B, P+1, h, w]
 
     # ---- blended source location
-    X, Y = xs.expand(h, w), ys.expand(h, w)
-    a = A[..., None, None]  # [B, P+1, 2, 2, 1, 1]
-    sx = a[:, :, 0, 0] * X + a[:, :, 0, 1] * Y + c[:, :, 0, None, None]
-    sy = a[:, :, 1, 0] * X + a[:, :, 1, 1] * Y + c[:, :, 1, None, None]
-    src_x = (pi * sx).sum(1)
-    src_y = (pi * sy).sum(1)
+    # sum_p pi_p (A_p x + c_p) = (sum_p pi_p A_p) x + sum_p pi_p c_p: blend the 6 transform
+    # coefficients per pixel (one batched matmul), then apply them once
+    coef = torch.cat([A.flatten(2), c], 2)  # [B, P+1, 6]: a00 a01 a10 a11 c0 c1
+    m = torch.einsum("bphw,bpk->bkhw", pi, coef)  # [B, 6, h, w]
+    src_x = m[:, 0] * xs + m[:, 1] * ys + m[:, 4]
+    src_y = m[:, 2] * xs + m[:, 3] * ys + m[:, 5]
     grid = torch.stack([(2.0 * src_x + 1.0) / w - 1.0, (2.0 * src_y + 1.0) / h - 1.0], dim=-1)
 
     # ---- confidence
