@@ -754,6 +754,9 @@ def augment(
         min_score=recipe.pose.min_score, pose_oks_range=recipe.augment.target_pose_oks,
         honour=_honour_check(recipe, pose_of) if latent_model else None,
     )  # fmt: skip
+    # the rows rejected before generation go last, so that every batch but the last generates
+    # batch_size images (the order depends only on the choice, so shards and resumes agree)
+    tasks = pd.concat([tasks[tasks["reason"] == ""], tasks[tasks["reason"] != ""]], ignore_index=True)
 
     # identity references: every source, and the source pids' real train images of DIR
     progress("identity", 0, 1)
