@@ -15,7 +15,9 @@
 from .artifacts import ARTIFACT_COLUMNS, artifact_scores
 from .identity import IdentityReference, load_embedder
 from .refilter import refilter
-from .scores import FILTER_COLUMNS, IMPLAUSIBLE_TARGET, REASON_ORDER, FilterScores, filter_batch, oks, score_output
+from .scores import (
+    FILTER_COLUMNS, IMPLAUSIBLE_TARGET, REASON_ORDER, UNHONOURED_TARGET, FilterScores, filter_batch, oks, score_output,
+)  # fmt: skip
 
 __all__ = [
     "FilterScores",
@@ -29,5 +31,6 @@ __all__ = [
     "load_embedder",
     "FILTER_COLUMNS",
     "IMPLAUSIBLE_TARGET",
+    "UNHONOURED_TARGET",
     "REASON_ORDER",
 ]

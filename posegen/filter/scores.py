@@ -100,8 +100,10 @@ __all__ = [
 #: Reason of a row whose target pose the pose-validity prior rejected before generation.
 IMPLAUSIBLE_TARGET = "implausible target pose"
 #: Reason of a row rejected before generation because the default model's warp cannot honour its
-#: target pose: the filter's pose-only checks (copied body parts, invented background, a hand laid
-#: over the torso), predicted from the two poses, fail for every remaining candidate of the source.
+#: target pose: fewer than K of the source's candidates (the first ``max_pose_checks`` of its draw)
+#: lie in the OKS band ``augment.target_pose_oks`` and pass the filter's pose-only checks predicted
+#: from the two poses (copied body parts, invented background, a hand laid over the torso); the
+#: rows beyond those are not generated (:func:`posegen.augment.targets.choose_targets`, ``honour``).
 UNHONOURED_TARGET = "target pose the warp cannot honour"
 
 #: Reason prefixes in the order the checks run (the first failing one is the reason).
