@@ -438,6 +438,30 @@ def _default_model():
     return d
 
 
+def test_default_model_sampling_settings_agree_everywhere():
+    """The shipped model's sampling defaults live in ``model_index.json`` (what the pipeline uses);
+    its card, its recipe and the built-in ``default`` recipe restate them and must not drift."""
+    import json
+
+    import yaml
+
+    from posegen.recipe import load_recipe
+    from posegen.repose import default_model_dir
+
+    d = default_model_dir()
+    index = json.loads((d / "model_index.json").read_text())
+    card = json.loads((d / "model_card.json").read_text())["sampling"]
+    shipped = yaml.safe_load((d / "recipe.yaml").read_text())["sample"]
+    builtin = load_recipe("default").sample
+    assert set(card) == {"num_inference_steps", "repair_only", "strength", "repair_strength", "turned_head", "start"}
+    for key, value in card.items():
+        assert index[key] == value, (key, index[key], value)
+    recipe_key = {"num_inference_steps": "steps"}
+    for key, value in card.items():
+        assert shipped[recipe_key.get(key, key)] == value, (key, shipped[recipe_key.get(key, key)], value)
+        assert getattr(builtin, recipe_key.get(key, key)) == value, key
+
+
 def _val_pairs(blazepose, n):
     """The first ``n`` pairs of the committed same-view benchmark list (CUHK03 val): source and
     target images, their BlazePose keypoints (source pixels) and the target sizes ``(w, h)``."""
