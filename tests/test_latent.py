@@ -645,3 +645,27 @@ def test_augment_with_the_default_model(cuhk03_train, blazepose, tmp_path):
     a = m.set_index(["source", "k"]).loc[syn.set_index(["source", "k"]).index]
     b = again.set_index(["source", "k"]).loc[a.index]
     np.testing.assert_allclose(a["oks"].to_numpy(float), b["oks"].to_numpy(float), atol=1e-6)
+
+
+def test_augment_workers_do_not_change_the_outputs(cuhk03_train, blazepose, tmp_path):
+    """Two batches at once (threads, one torch thread each) write the manifest and the bytes one
+    batch at a time writes with one torch thread."""
+    from posegen.augment import augment
+    from posegen.recipe import load_recipe
+
+    _default_model()
+    rec = load_recipe("default")
+    rec = rec.model_copy(update={"sample": rec.sample.model_copy(update={"batch_size": 2})})  # several batches
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = augment(cuhk03_train, tmp_path / "one", recipe=rec, backend=blazepose, k=1, limit=6, seed=2, workers=1)
+    finally:
+        torch.set_num_threads(threads)
+    two = augment(cuhk03_train, tmp_path / "two", recipe=rec, backend=blazepose, k=1, limit=6, seed=2, workers=2)
+    assert torch.get_num_threads() == threads  # the caller's setting is left alone
+    pd.testing.assert_frame_equal(one, two)
+    written = [r for r in one["path"] if r and one.set_index("path").loc[r, "synthetic"]]
+    assert len(written) >= 3 and len(list((tmp_path / "two" / ".posegen" / "parts").glob("part-*.parquet"))) >= 3
+    for rel in written:
+        assert (tmp_path / "two" / rel).read_bytes() == (tmp_path / "one" / rel).read_bytes(), rel

@@ -82,6 +82,7 @@ from PIL import Image
 
 from .. import __version__
 from .._io import atomic_to_parquet, atomic_write, atomic_write_bytes, atomic_write_json, shard_of
+from .._parallel import Serialized, default_workers, thread_map
 from ..data import load_dataset
 from ..data.layouts import skipped_images
 from ..data.subsets import subsample_union
@@ -518,6 +519,7 @@ def augment(
     barrier: Callable[[], None] | None = None,
     poll_s: float = 2.0,
     device: str = "cpu",
+    workers: int | None = None,
 ) -> pd.DataFrame:
     """Augment a dataset folder with re-posed images of its identities.
 
@@ -577,6 +579,14 @@ def augment(
         device: where the re-posing model runs (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...); noises
             are drawn on the CPU, so the choices do not depend on it (the pixels may differ by
             floating-point rounding between devices).
+        workers: with the default (latent) model, how many batches (and, in the target choice,
+            sources) are worked on at once, each in its own thread with one torch thread
+            (:func:`posegen._parallel.thread_map`): the pose backend, the scoring and the image
+            encoding run on one core, so two batches at once keep two cores busy. None:
+            :func:`posegen._parallel.default_workers` (torch's thread count on the CPU, 1 on a GPU).
+            The outputs do not depend on it (each image has its own seeded noise), up to
+            floating-point rounding between thread counts; a resumed run may use another value.
+            Pixel-space models always run one batch at a time.
 
     Returns:
         The output manifest (also written to ``OUT/manifest.parquet``), columns
@@ -608,6 +618,8 @@ def augment(
         raise ValueError(f"k (target poses per source) must be at least 1, got {k}")
     if limit is not None and int(limit) < 1:
         raise ValueError(f"limit must be at least 1 image, got {limit}")
+    if workers is not None and int(workers) < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
     steps = num_inference_steps or recipe.sample.steps
     sched = scheduler or recipe.sample.scheduler
     reid = reid_weights if reid_weights is not None else recipe.filter.reid_weights
@@ -737,6 +749,10 @@ def augment(
         pipe.scheduler = make_scheduler(sched, pipe.scheduler.config)
     if recipe.augment.plausible_only:
         usable_paths &= _plausible_paths(poses, recipe)
+    # batches (and target choices) at once, in threads: the default (latent) pipeline is re-entrant;
+    # the pose backend (a LiteRT interpreter is not thread-safe) is called by one thread at a time
+    n_workers = (default_workers(device) if workers is None else int(workers)) if latent_model else 1
+    scoring_backend = Serialized(backend) if n_workers > 1 else backend
 
     # 4. targets: the pose bank, minus the poses the prior finds implausible
     meta = manifest.set_index("path")
@@ -752,7 +768,7 @@ def augment(
         sources, bank, k=k, seed=seed, other_pids=recipe.augment.target_from_other_pids, max_energy=max_energy,
         match_view=recipe.augment.match_view, view_tolerance=recipe.augment.view_tolerance,
         min_score=recipe.pose.min_score, pose_oks_range=recipe.augment.target_pose_oks,
-        honour=_honour_check(recipe, pose_of) if latent_model else None,
+        honour=_honour_check(recipe, pose_of) if latent_model else None, workers=n_workers,
     )  # fmt: skip
     # the rows rejected before generation go last, so that every batch but the last generates
     # batch_size images (the order depends only on the choice, so shards and resumes agree)
@@ -761,7 +777,7 @@ def augment(
     # identity references: every source, and the source pids' real train images of DIR
     progress("identity", 0, 1)
     scorer = _Scorer(
-        recipe, backend, pose_of, root, tuple(pipe.resolution), embedder,
+        recipe, scoring_backend, pose_of, root, tuple(pipe.resolution), embedder,
         _identity_reference(embedder, dataset, root, sources),
         align_targets=latent_model and recipe.augment.align_targets,
     )  # fmt: skip
@@ -787,11 +803,15 @@ def augment(
         )  # fmt: skip
     else:
         guidance = _guidance(recipe) if len(todo) else {}
-    for b in todo_batches:
+
+    def run_batch(b: int) -> int:
         batch = tasks.iloc[b * bs : (b + 1) * bs]
         rows = _generate_batch(batch, pipe, root, out, pose_of, meta, scorer, steps, guidance)
         atomic_to_parquet(pd.DataFrame(rows, columns=MANIFEST_COLUMNS), parts_dir / f"part-{b:06d}.parquet")
-        done_n += len(batch)
+        return len(batch)
+
+    for _, n_done in thread_map(run_batch, todo_batches, n_workers):
+        done_n += n_done
         progress("generate", done_n, total)
     if n_shards > 1:
         _mark(state, "generate", idx, n_shards, {})

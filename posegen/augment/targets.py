@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .._io import stable_seed
+from .._parallel import thread_map
 from ..filter.scores import IMPLAUSIBLE_TARGET, UNHONOURED_TARGET
 from ..pose.keypoints import DEFAULT_SIDE_RATIO, pose_view
 
@@ -50,6 +51,7 @@ def choose_targets(
     pose_oks_range: tuple[float, float] | None = None,
     max_pose_checks: int = 200,
     honour: Callable[[str, np.ndarray, np.ndarray], np.ndarray] | None = None,
+    workers: int = 1,
 ) -> pd.DataFrame:
     """Draw ``k`` target poses for every source image, skipping implausible ones.
 
@@ -105,6 +107,8 @@ def choose_targets(
             :data:`~posegen.filter.scores.UNHONOURED_TARGET`): the filter would reject most of
             their outputs (a target outside the band, or one the warp cannot honour). None: no
             such test.
+        workers: sources whose targets are chosen at once (threads, :func:`posegen._parallel.thread_map`;
+            ``honour`` must then be thread-safe). The choice does not depend on it.
 
     Returns:
         DataFrame :data:`TARGET_COLUMNS`: ``source, k, target, seed, prior_energy, reason`` with
@@ -142,14 +146,18 @@ def choose_targets(
         if "keypoints" not in bank.columns or "keypoints" not in sources.columns:
             raise ValueError("pose_oks_range needs a 'keypoints' column in sources and bank")
         bank_kp = bank["keypoints"].to_list()
-    rows = []
-    for i_src, (src, pid) in enumerate(zip(sources["path"], sources["pid"])):
+    src_paths, src_pids = sources["path"].to_list(), sources["pid"].to_list()
+    src_kps = sources["keypoints"].to_list() if pose_oks_range is not None else None
+
+    def pick(i_src: int) -> list[tuple]:
+        src, pid = src_paths[i_src], src_pids[i_src]
+        rows: list[tuple] = []
         cand = bank_paths != src
         if other_pids and (cand & (bank_pids != pid)).any():
             cand &= bank_pids != pid
         idx = np.flatnonzero(cand)
         if len(idx) == 0:
-            continue
+            return rows
         rng = np.random.default_rng(stable_seed(seed, src, "targets"))
         order = rng.permutation(idx)
         if match_view and s_known[i_src]:
@@ -160,7 +168,7 @@ def choose_targets(
         honoured: set[int] | None = None  # with honour: the only candidates to generate
         if pose_oks_range is not None:
             check = None if honour is None else (lambda s_kp, t_kp, src=src: honour(src, s_kp, t_kp))
-            order, passed = _by_pose_distance(order, sources["keypoints"].iloc[i_src], bank_kp, pose_oks_range,
+            order, passed = _by_pose_distance(order, src_kps[i_src], bank_kp, pose_oks_range,
                                               plausible, k, max_pose_checks, min_score, check)  # fmt: skip
             honoured = passed if honour is not None else None
 
@@ -179,6 +187,10 @@ def choose_targets(
         for j, (t, reason) in enumerate(picks, 1):
             noise = stable_seed(seed, src, j, "noise") % (2**31)
             rows.append((src, j, bank_paths[t], noise, float(energy[t]), reason))
+        return rows
+
+    picked = dict(thread_map(pick, range(len(src_paths)), workers))  # each source's draw is its own
+    rows = [row for i in range(len(src_paths)) for row in picked[i]]
     return pd.DataFrame(rows, columns=TARGET_COLUMNS)
 
 

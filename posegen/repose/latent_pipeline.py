@@ -17,6 +17,7 @@ fingerprint.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -32,6 +33,8 @@ from ..latent.taef2 import LATENT_SCALE, TAEF2
 from .latent import FRAME_HW, latent_conditions, warp_inputs
 from .pipeline import _sizes, check_repose_inputs
 from .warp import align_pose
+
+_SEGMENTER_LOCK = threading.Lock()
 
 __all__ = ["LatentReposePipeline", "load_latent_pipeline"]
 
@@ -72,11 +75,15 @@ class LatentReposePipeline(DiffusionPipeline):
         self.autoencoder: TAEF2 | None = None
 
     def _segmenter(self):
-        """The :class:`~posegen.pose.segmentation.PersonSegmenter`, created on first use."""
-        if getattr(self, "_person_segmenter", None) is None:
-            from ..pose.segmentation import PersonSegmenter
+        """The :class:`~posegen.pose.segmentation.PersonSegmenter`, created on first use; one thread
+        at a time runs it (its LiteRT interpreter is not thread-safe, and ``augment`` may call the
+        pipeline from several threads)."""
+        with _SEGMENTER_LOCK:
+            if getattr(self, "_person_segmenter", None) is None:
+                from .._parallel import Serialized
+                from ..pose.segmentation import PersonSegmenter
 
-            self._person_segmenter = PersonSegmenter()
+                self._person_segmenter = Serialized(PersonSegmenter())
         return self._person_segmenter
 
     @property
@@ -236,7 +243,8 @@ class LatentReposePipeline(DiffusionPipeline):
                                          turned_head=differential and bool(turned_head), person=person)  # fmt: skip
         z0 = ae.encode(pixel_warp) if start == "pixel" else warped_latent
 
-        sched = self.scheduler
+        # a scheduler of this call's own: its timesteps are state, and calls may run in several threads
+        sched = type(self.scheduler).from_config(self.scheduler.config)
         top = float(repair_strength) if differential else strength
         total = max(steps, int(round(steps / top)))
         sched.set_timesteps(total, device=device)
