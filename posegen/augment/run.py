@@ -8,7 +8,8 @@
    posegen (:func:`posegen.repose.default_model_dir`), or, only when ``train_steps`` is given, a
    pixel-space recipe's model trained on DIR first (:func:`posegen.repose.train`);
 4. :func:`posegen.augment.targets.choose_targets` — K target poses per source image;
-5. :class:`posegen.repose.ReposePipeline` — generation, batched, one seeded noise per image;
+5. :class:`posegen.repose.ReposePipeline` — generation, batched, one seeded noise per image
+   (with the default model, ``workers`` batches at once in threads, steps 5-7 each);
 6. :func:`posegen.filter.filter_batch` — sanity, near-copy, pose fidelity (OKS) and identity
    (re-ID cosine) checks; every rejection has exactly one reason (the first failing check, in the
    order documented in :mod:`posegen.filter.scores`) and every computed score is stored;
