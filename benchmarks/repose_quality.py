@@ -80,6 +80,7 @@ from posegen._io import atomic_write_json, atomic_write_text, stable_seed
 from posegen.data import load_dataset
 from posegen.data.deepfashion import flat_to_tree
 from posegen.data.images import read_image
+from posegen.filter.scores import pose_only_reason
 from posegen.pose.backends import DEFAULT_BACKEND, get_backend
 from posegen.pose.extract import extract_poses, usable_poses
 from posegen.pose.formats import keypoints_array
@@ -201,14 +202,9 @@ class Scorer:
 
 def pose_only_ok(fb: pd.DataFrame, cfg) -> np.ndarray:
     """``bool [N]``: the pairs of :func:`posegen.filter.filter_batch`'s result ``fb`` that pass the
-    filter's two pose-only checks under ``cfg`` (invented background, copied body parts: predicted
-    from the source and the two poses, so the same for every output of a pair; a pair that fails
-    them is rejected whatever the output). A check that is off, or a NaN score, passes."""
-    ok = np.ones(len(fb), dtype=bool)
-    for col, t in (("invented_fraction", cfg.max_invented_fraction), ("foreign_fraction", cfg.max_foreign_fraction)):
-        if t is not None:
-            ok &= ~(fb[col].to_numpy(dtype=np.float64) > t)
-    return ok
+    filter's two pose-only checks under ``cfg`` (:func:`posegen.filter.scores.pose_only_reason`;
+    the same for every output of a pair: a pair that fails them is rejected whatever the output)."""
+    return np.array([pose_only_reason(r, cfg) == "" for _, r in fb.iterrows()], dtype=bool)
 
 
 def generate(pipe, scorer: Scorer, steps: int, batch_size: int, seed: int, **guidance) -> tuple[np.ndarray, float]:

@@ -262,3 +262,15 @@ def test_implausible_target_pose_is_rejected_before_generation(cuhk03_small):
     rows = _generate_batch(tasks, None, root, None, None, meta, None, 4, {})
     assert [r["reason"] for r in rows] == [IMPLAUSIBLE_TARGET] * 2
     assert all(r["path"] == "" and not r["kept"] and r["prior_energy"] > thr for r in rows)
+
+
+def test_pose_only_reason_checks_copied_parts_then_invented_background():
+    from posegen.filter.scores import pose_only_reason
+    from posegen.recipe import FilterConfig
+
+    cfg = FilterConfig(max_foreign_fraction=0.04, max_invented_fraction=0.2)
+    assert pose_only_reason({"foreign_fraction": 0.01, "invented_fraction": 0.1}, cfg) == ""
+    assert pose_only_reason({"foreign_fraction": 0.05, "invented_fraction": 0.3}, cfg).startswith("copied body parts")
+    assert pose_only_reason({"foreign_fraction": float("nan"), "invented_fraction": 0.3}, cfg).startswith("invented background")
+    off = FilterConfig(max_foreign_fraction=None, max_invented_fraction=None)
+    assert pose_only_reason({"foreign_fraction": 0.9, "invented_fraction": 0.9}, off) == ""

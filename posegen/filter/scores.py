@@ -85,6 +85,7 @@ from ..repose.render import resize_image
 
 __all__ = [
     "reason_kind",
+    "pose_only_reason",
     "oks",
     "FilterScores",
     "score_output",
@@ -202,6 +203,23 @@ def _artifact_reason(s: dict, cfg) -> str:
     t = getattr(cfg, "min_sharpness_ratio", None)
     if t is not None and np.isfinite(s["sharpness_ratio"]) and s["sharpness_ratio"] < t:
         return f"smeared output (sharpness ratio < {t:g})"
+    return pose_only_reason(s, cfg)
+
+
+def pose_only_reason(s, cfg) -> str:
+    """The first failing pose-only check (5b, 5c of the module docstring: copied body parts,
+    invented background), or ``""``.
+
+    Both scores are computed from the source and the two poses, not from the output, so a pair that
+    fails them is rejected whatever the model draws: ``augment``'s target choice predicts them for
+    candidate targets, and ``benchmarks/repose_quality.py`` reports the share of pairs that pass
+    them (the kept-rate's ceiling on a fixed pair list).
+
+    Args:
+        s: a row of :func:`filter_batch`'s result, or a dict, with ``foreign_fraction`` and
+            ``invented_fraction`` (shares in ``[0, 1]``; NaN = not computed, which passes).
+        cfg: a :class:`posegen.recipe.FilterConfig` (a threshold that is None turns its check off).
+    """
     t = getattr(cfg, "max_foreign_fraction", None)
     if t is not None and np.isfinite(s["foreign_fraction"]) and s["foreign_fraction"] > t:
         return f"copied body parts (foreign-part fraction > {t:g})"
