@@ -131,7 +131,7 @@ def augment_cmd(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in OUT."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous posegen output in OUT."),
     device: Optional[str] = typer.Option(None, "--device", help="Where the model runs: cpu or cuda (cuda:1, ...). Default: cpu; under accelerate launch with GPUs, each process's own GPU."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Batches generated at once, each in its own thread on one core (default: the cores torch uses on the CPU, OMP_NUM_THREADS when set; 1 on a GPU). Outputs do not depend on it."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Batches generated at once, each in its own thread with its share of the cores (default: the cores torch uses on the CPU, OMP_NUM_THREADS when set, at most 8; 1 on a GPU). Outputs do not depend on it."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output (errors and the summary still print)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Native library log lines and error tracebacks."),
 ):

@@ -3,9 +3,13 @@
 ``augment``'s per-batch work (re-posing, decoding, the filter, encoding and writing the images)
 and its per-source target choice are independent from one item to the next. The torch parts
 already use every core (intra-op threads); the rest (the pose backend, NumPy scoring, PNG/JPEG
-encoding) runs on one core. Running two items at once, each in its own thread with one torch
-thread, keeps every core busy through both kinds of work: the heavy calls (torch, ONNX Runtime,
-LiteRT, NumPy, Pillow's codecs) release the GIL. Threads rather than processes: no second copy of
+encoding) runs on one core, about a quarter of a generated image's time on one thread: with one
+batch at a time that part bounds the throughput however many cores there are (Amdahl). Several
+items at once, each in its own thread with its share of torch's threads, keep every core busy
+through both kinds of work: the heavy calls (torch, ONNX Runtime, LiteRT, NumPy, Pillow's codecs)
+release the GIL. On the 2-core development machine the gain is small (the README main job's
+generation 280 s against 291 s with one batch at a time, ``benchmarks/main_job_speed.py``): torch's
+two threads already kept both cores nearly busy. Threads rather than processes: no second copy of
 the models, no start-up cost, and the results come back in memory. A library object that is not
 thread-safe (a LiteRT interpreter) must be wrapped by the caller (see :class:`Serialized`).
 """
@@ -40,9 +44,9 @@ def thread_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterat
     """Yield ``(i, fn(items[i]))`` for every item, ``workers`` at a time, in completion order.
 
     With ``workers`` <= 1 (or one item) the items run in order in the calling thread. Otherwise each
-    runs in a thread of a :class:`concurrent.futures.ThreadPoolExecutor` whose threads use one torch
-    intra-op thread each (``torch.set_num_threads(1)`` in the thread: OpenMP's setting is per
-    thread). An exception in ``fn`` is raised here once its item is reached; the items not started
+    runs in a thread of a :class:`concurrent.futures.ThreadPoolExecutor` whose threads share the
+    caller's torch intra-op threads: ``torch.get_num_threads() // workers`` each, at least one
+    (``torch.set_num_threads`` in each thread: OpenMP's setting is per thread). An exception in ``fn`` is raised here once its item is reached; the items not started
     yet are cancelled and the running ones finish first (as when the caller stops iterating, e.g.
     on Ctrl-C), so no item is left half done by this function.
 
@@ -58,7 +62,8 @@ def thread_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterat
         return
     import torch
 
-    ex = ThreadPoolExecutor(max_workers=int(workers), initializer=torch.set_num_threads, initargs=(1,),
+    each = max(1, torch.get_num_threads() // int(workers))
+    ex = ThreadPoolExecutor(max_workers=int(workers), initializer=torch.set_num_threads, initargs=(each,),
                             thread_name_prefix="posegen")  # fmt: skip
     try:
         futures = {ex.submit(fn, item): i for i, item in enumerate(todo)}

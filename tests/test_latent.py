@@ -648,8 +648,8 @@ def test_augment_with_the_default_model(cuhk03_train, blazepose, tmp_path):
 
 
 def test_augment_workers_do_not_change_the_outputs(cuhk03_train, blazepose, tmp_path):
-    """Two batches at once (threads, one torch thread each) write the manifest and the bytes one
-    batch at a time writes with one torch thread."""
+    """Two batches at once (threads sharing two torch threads: one each) write the manifest and the
+    bytes one batch at a time writes with one torch thread."""
     from posegen.augment import augment
     from posegen.recipe import load_recipe
 
@@ -662,8 +662,12 @@ def test_augment_workers_do_not_change_the_outputs(cuhk03_train, blazepose, tmp_
         one = augment(cuhk03_train, tmp_path / "one", recipe=rec, backend=blazepose, k=1, limit=6, seed=2, workers=1)
     finally:
         torch.set_num_threads(threads)
-    two = augment(cuhk03_train, tmp_path / "two", recipe=rec, backend=blazepose, k=1, limit=6, seed=2, workers=2)
-    assert torch.get_num_threads() == threads  # the caller's setting is left alone
+    torch.set_num_threads(2)  # two workers of one torch thread each
+    try:
+        two = augment(cuhk03_train, tmp_path / "two", recipe=rec, backend=blazepose, k=1, limit=6, seed=2, workers=2)
+        assert torch.get_num_threads() == 2  # the caller's setting is left alone
+    finally:
+        torch.set_num_threads(threads)
     pd.testing.assert_frame_equal(one, two)
     written = [r for r in one["path"] if r and one.set_index("path").loc[r, "synthetic"]]
     assert len(written) >= 3 and len(list((tmp_path / "two" / ".posegen" / "parts").glob("part-*.parquet"))) >= 3

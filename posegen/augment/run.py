@@ -581,9 +581,9 @@ def augment(
             are drawn on the CPU, so the choices do not depend on it (the pixels may differ by
             floating-point rounding between devices).
         workers: with the default (latent) model, how many batches (and, in the target choice,
-            sources) are worked on at once, each in its own thread with one torch thread
+            sources) are worked on at once, each in its own thread with its share of torch's threads
             (:func:`posegen._parallel.thread_map`): the pose backend, the scoring and the image
-            encoding run on one core, so two batches at once keep two cores busy. None:
+            encoding of a batch run on one core, which bounds one batch at a time. None:
             :func:`posegen._parallel.default_workers` (torch's thread count on the CPU, 1 on a GPU).
             The outputs do not depend on it (each image has its own seeded noise), up to
             floating-point rounding between thread counts; a resumed run may use another value.
