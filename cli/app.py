@@ -153,12 +153,21 @@ app.command("eval-downstream")(eval_downstream_cmd)
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. Ctrl-C ends a command with status 130 and a line saying how to
+    continue (typer turns the ``KeyboardInterrupt`` into that status silently)."""
     try:
         app()
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/yellow]: re-run with --resume to continue")
-        sys.exit(130)
+        sys.exit(_interrupted())
+    except SystemExit as e:
+        if e.code == 130:
+            _interrupted()
+        raise
+
+
+def _interrupted() -> int:
+    console.print("[yellow]interrupted[/yellow]: re-run with --resume to continue")
+    return 130
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from typer.testing import CliRunner
 
 from posegen.cli.app import app
@@ -105,3 +106,21 @@ def test_train_default_recipe_fine_tunes_the_shipped_model(tmp_path, cuhk03_smal
     shipped = UNet2DModel.from_pretrained(str(default_model_dir() / "unet")).state_dict()
     # one step at the first warm-up learning rate, then the EMA: the shipped weights almost exactly
     assert max(float((tuned[k].float() - v.float()).abs().max()) for k, v in shipped.items()) < 1e-3
+
+
+def test_ctrl_c_says_how_to_continue(monkeypatch, capsys, tmp_path):
+    """Ctrl-C in a command (a KeyboardInterrupt) ends with status 130 and the line that says to resume."""
+    import sys
+
+    import posegen.augment
+    from posegen.cli.app import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(posegen.augment, "augment", interrupted)
+    monkeypatch.setattr(sys, "argv", ["posegen", "augment", str(tmp_path), "--out", str(tmp_path / "out"), "--quiet"])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 130
+    assert "interrupted: re-run with --resume" in capsys.readouterr().err
