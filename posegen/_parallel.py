@@ -46,9 +46,10 @@ def thread_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterat
     With ``workers`` <= 1 (or one item) the items run in order in the calling thread. Otherwise each
     runs in a thread of a :class:`concurrent.futures.ThreadPoolExecutor` whose threads share the
     caller's torch intra-op threads: ``torch.get_num_threads() // workers`` each, at least one
-    (``torch.set_num_threads`` in each thread: OpenMP's setting is per thread). An exception in ``fn`` is raised here once its item is reached; the items not started
-    yet are cancelled and the running ones finish first (as when the caller stops iterating, e.g.
-    on Ctrl-C), so no item is left half done by this function.
+    (``torch.set_num_threads`` in each thread: OpenMP's setting is per thread). An exception in
+    ``fn`` is raised here once its item is reached; the items not started yet are cancelled and the
+    running ones finish first (as when the caller stops iterating, e.g. on Ctrl-C), so no item is
+    left half done by this function.
 
     Args:
         fn: the work of one item; it must be safe to run in several threads at once.
