@@ -83,7 +83,7 @@ def test_train_then_repose(tmp_path, cuhk03_small):
 def test_train_default_recipe_fine_tunes_the_shipped_model(tmp_path, cuhk03_small):
     """``posegen train --recipe default`` is the repair fine-tuning stage: it starts from the shipped
     default model's weights (``latent.init_from: default``), not from a random network, and saves a
-    model with the recipe's sampling defaults (repair strength, 8 steps)."""
+    model with the recipe's sampling defaults (repair strength, 6 steps)."""
     import json
 
     from diffusers import UNet2DModel
@@ -101,7 +101,7 @@ def test_train_default_recipe_fine_tunes_the_shipped_model(tmp_path, cuhk03_smal
     assert res.exit_code == 0, res.output
     assert json.loads((run / "config.json").read_text())["init_from"] == "default"
     index = json.loads((run / "model" / "model_index.json").read_text())
-    assert index["repair_strength"] == 0.85 and index["num_inference_steps"] == 8
+    assert index["repair_strength"] == 0.85 and index["num_inference_steps"] == 6
     tuned = UNet2DModel.from_pretrained(str(run / "model" / "unet")).state_dict()
     shipped = UNet2DModel.from_pretrained(str(default_model_dir() / "unet")).state_dict()
     # one step at the first warm-up learning rate, then the EMA: the shipped weights almost exactly
