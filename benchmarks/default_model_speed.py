@@ -8,8 +8,9 @@ wrapping the pipeline's autoencoder ``encode`` / ``decode`` and the denoiser's `
 this process's model objects; "other" is the rest of the call (the pixel warp, its fill and repair
 mask, the latent-space warp, the letterbox). The first batch is a warm-up and not counted.
 
-It also times the TAEF2 decoder alone on one batch of latents with NCHW and NHWC, and NHWC one image at a time
-(``channels_last``) memory formats (the package uses NHWC).
+It also times the TAEF2 decoder alone on one batch of latents: the whole batch at once in the NCHW
+and the NHWC (``channels_last``) memory formats, and NHWC one image at a time (what the package does
+on a CPU).
 
 Prints a table and writes ``benchmarks/results/default_model_speed[-TAG].{json,md}``. Usage::
 

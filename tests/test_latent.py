@@ -58,6 +58,23 @@ def test_taef2_reconstructs_real_crops():
     assert float(np.mean(ssim(rec, np.stack(frames)))) >= 0.9
 
 
+def test_taef2_one_image_at_a_time_matches_the_batch():
+    """On a CPU encode/decode run the networks image by image: each output belongs to its own input
+    (a batch of distinct inputs, compared with the networks run on the whole batch)."""
+    require(TAEF2_DIR)
+    ae = load_taef2(TAEF2_DIR)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 3, 64, 32, generator=g)
+    x[1] = 1.0 - x[1]
+    with torch.no_grad():
+        z = ae.encode(x)
+        torch.testing.assert_close(z, ae.encoder(x.contiguous(memory_format=torch.channels_last)), atol=1e-4, rtol=1e-4)
+        y = ae.decode(z)
+        torch.testing.assert_close(y, ae.decoder(z.contiguous(memory_format=torch.channels_last)).clamp(0, 1), atol=1e-4, rtol=1e-4)
+    assert z.shape == (3, 32, 8, 4) and y.shape == (3, 3, 64, 32)
+    assert float((y[0] - y[1]).abs().mean()) > 0.05  # distinct inputs, distinct outputs
+
+
 def test_taef2_missing_and_corrupt_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="taef2_encoder.pth"):
         load_taef2(tmp_path)

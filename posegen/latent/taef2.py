@@ -118,7 +118,8 @@ class TAEF2(ModelMixin, ConfigMixin):
         self.to(memory_format=torch.channels_last)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """``[N, 3, H, W]`` in 0..1 -> latents ``[N, 32, H/8, W/8]``.
+        """``[N, 3, H, W]`` RGB float in 0..1 -> latents ``[N, 32, H/8, W/8]``; on a CPU one image at a
+        time (:meth:`_per_image`).
 
         Raises:
             ValueError: not 4-D with 3 channels, or ``H``/``W`` not multiples of 8.
@@ -130,7 +131,12 @@ class TAEF2(ModelMixin, ConfigMixin):
         return self._per_image(self.encoder, images)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents ``[N, 32, h, w]`` -> RGB ``[N, 3, 8h, 8w]`` clamped to 0..1."""
+        """Latents ``[N, 32, h, w]`` -> RGB ``[N, 3, 8h, 8w]`` float in ``0..1`` (clamped); on a CPU
+        one image at a time (:meth:`_per_image`).
+
+        Raises:
+            ValueError: not 4-D with 32 channels.
+        """
         if latents.ndim != 4 or latents.shape[1] != LATENT_CHANNELS:
             raise ValueError(f"latents must be [N, {LATENT_CHANNELS}, h, w], got {tuple(latents.shape)}")
         return self._per_image(self.decoder, latents).clamp(0.0, 1.0)
