@@ -13,7 +13,8 @@ Runs :func:`posegen.augment.augment` on the first ``--limit`` val images (sorted
   their OKS to the source pose once placed on the source person);
 - ``no plausibility``: ``augment.plausible_only: false``;
 - ``no alignment``: ``augment.align_targets: false``;
-- ``hands onto the torso allowed``: ``augment.avoid_hands_onto_torso: false``.
+- ``hands onto the torso allowed``: ``augment.avoid_hands_onto_torso: false``;
+- ``no limb-motion preference``: ``augment.max_arm_motion: null`` and ``max_leg_motion: null``.
 
 Column ``hands onto torso (kept)``: kept outputs whose target pose (placed on the source person)
 holds more wrists over the torso than the source (:func:`posegen.pose.keypoints.wrists_in_torso`):
@@ -53,6 +54,7 @@ VARIANTS = {
     "no plausibility check": {"plausible_only": False},
     "no alignment onto the source": {"align_targets": False},
     "hands onto the torso allowed": {"avoid_hands_onto_torso": False},
+    "no limb-motion preference": {"max_arm_motion": None, "max_leg_motion": None},
 }
 
 

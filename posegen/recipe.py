@@ -327,6 +327,17 @@ class AugmentConfig(_Strict):
         description="latent model, with target_pose_oks: put targets that hold more wrists over the torso than the source "
         "(a forearm moved onto the chest comes out as a slab) after the others",
     )
+    max_arm_motion: float | None = Field(
+        None,
+        gt=0,
+        description="latent model, with target_pose_oks: among the targets the warp can honour, prefer those that move "
+        "no elbow or wrist farther than this (source torso lengths, posegen.pose.keypoints.joint_motion); null = no limit",
+    )
+    max_leg_motion: float | None = Field(
+        None,
+        gt=0,
+        description="the same preference for the knees and ankles (with max_arm_motion: both limits); null = no limit",
+    )
 
 
 class LatentConfig(_Strict):

@@ -317,6 +317,43 @@ def test_resume_survives_a_recipe_field_added_since(tmp_path):
         _prepare_out(out, settings, resume=True, overwrite=False)
 
 
+def test_target_preference_for_little_limb_motion():
+    """``augment.max_arm_motion`` / ``max_leg_motion`` (the default recipe: 0.25 / 0.3): a target
+    that moves an elbow or a wrist (a knee or an ankle) farther than that many source torso lengths
+    (here 32 px) ranks after those within, one beyond both limits last; a pose whose arms are not
+    shared counts as within, and a front
+    view onto a back view is compared side by side (as the warp pairs it); both off (None), there is
+    no preference."""
+    from conftest import standing_pose
+
+    from posegen.augment.run import _limb_preference
+
+    recipe = load_recipe("default")
+    assert (recipe.augment.max_arm_motion, recipe.augment.max_leg_motion) == (0.25, 0.3)
+    stand = standing_pose()
+    swing = stand.copy()
+    swing[[9, 10], 0] += [-6, 6]  # both wrists swung out by 6 px: 0.19 torso lengths
+    reach = stand.copy()
+    reach[[7, 9], :2] = [(14, 30), (8, 20)]  # the left arm raised: the wrist 35 px away
+    armless = stand.copy()
+    armless[7:11, 2] = 0.0
+    back = stand.copy()
+    back[:, 0] = 63 - back[:, 0]  # the same person from behind: every label on the other side
+    back[[1, 2, 3, 4], 2] = 0.0  # no face
+    back[0, 2] = 0.0
+    stride = stand.copy()
+    stride[[13, 15], 0] -= [6, 12]  # a long step: the left ankle 12 px forward, 0.375 torso lengths
+    prefer = _limb_preference(recipe)
+    both = reach.copy()
+    both[[13, 15], 0] -= [6, 12]
+    got = prefer("a.jpg", stand, np.stack([stand, swing, reach, armless, back, stride, both]))
+    assert got.tolist() == [0, 0, 1, 0, 0, 1, 2]  # how many limits each exceeds: the rank
+    legs_only = recipe.model_copy(update={"augment": recipe.augment.model_copy(update={"max_arm_motion": None})})
+    assert _limb_preference(legs_only)("a.jpg", stand, np.stack([reach, stride])).tolist() == [0, 1]
+    off = legs_only.model_copy(update={"augment": legs_only.augment.model_copy(update={"max_leg_motion": None})})
+    assert _limb_preference(off) is None
+
+
 def test_target_choice_skips_targets_the_pose_only_checks_would_reject():
     """``augment``'s target test for the default model predicts the filter's two pose-only checks:
     a target that would make the warp copy the source's arm onto the torso (foreign-part share above
@@ -347,3 +384,4 @@ def test_target_choice_skips_targets_the_pose_only_checks_would_reject():
     test = _honour_check(hands, pose_of)
     assert test("a.jpg", stand, np.stack([stand, phone])).tolist() == [True, False]
     assert test("a.jpg", phone, np.stack([stand, phone])).tolist() == [True, True]
+

@@ -161,6 +161,35 @@ def test_wrists_in_torso_marks_a_hand_held_in_front_of_the_body():
         wrists_in_torso(np.zeros((16, 3)))
 
 
+def test_joint_motion_is_the_largest_move_of_the_joints_in_torso_lengths():
+    from conftest import standing_pose
+
+    from posegen.pose.keypoints import ARM_JOINTS, LEG_JOINTS, joint_motion
+
+    stand = standing_pose()  # torso length 32 px
+    swing = stand.copy()
+    swing[9, :2] += (0, 8)  # the left wrist 8 px lower
+    swing[8, :2] += (16, 0)  # the right elbow 16 px out
+    swing[15, :2] += (8, 0)  # the left ankle 8 px over
+    one = stand.copy()
+    one[[7, 8, 10], 2] = 0.0  # only the left wrist shared
+    headless = stand.copy()
+    headless[11, 2] = 0.0  # no torso length
+    np.testing.assert_allclose(joint_motion(stand, np.stack([stand, swing, swing])), [0.0, 0.5, 0.5])
+    np.testing.assert_allclose(joint_motion(stand, swing, LEG_JOINTS), [0.25])
+    np.testing.assert_allclose(joint_motion(np.stack([stand, one]), np.stack([swing, swing]), ARM_JOINTS), [0.5, 0.25])
+    assert np.isnan(joint_motion(headless, swing)).all() and joint_motion(stand, swing).shape == (1,)
+    no_arms = stand.copy()
+    no_arms[7:11, 2] = 0.0
+    assert np.isnan(joint_motion(stand, no_arms)).all()
+    with pytest.raises(ValueError):
+        joint_motion(np.zeros((16, 3)), stand)
+    with pytest.raises(ValueError):
+        joint_motion(np.stack([stand] * 2), np.stack([stand] * 3))
+    with pytest.raises(ValueError, match="joints"):
+        joint_motion(stand, stand, [17])
+
+
 def _bank(n_front: int, n_back: int) -> pd.DataFrame:
     rows = []
     for i in range(n_front + n_back):
@@ -302,3 +331,50 @@ def _placed(bank, path, src):
     from posegen.repose.warp import align_pose
 
     return align_pose(np.asarray(bank.set_index("path").loc[path, "keypoints"], np.float32), src)
+
+
+def test_prefer_puts_preferred_candidates_first_and_others_fill_up():
+    """With ``prefer`` (ranks, 0 = preferred), the ``k`` generated targets are the rank-0 ones among
+    those in the band that pass ``honour`` (searched past the first ``k`` that pass), then the
+    others that pass by rank and in order; all of rank 0 changes nothing."""
+    import pandas as pd
+
+    from conftest import standing_pose
+    from posegen.augment.targets import choose_targets
+    from posegen.filter.scores import UNHONOURED_TARGET
+
+    src = standing_pose()
+    walk = [standing_pose(noise=3.0, seed=i) for i in range(1, 9)]  # other frames of the walk: in the band
+    bank = pd.DataFrame({"path": [f"b{i}.jpg" for i in range(8)], "pid": list(range(1, 9)), "keypoints": walk})
+    sources = pd.DataFrame({"path": ["s.jpg"], "pid": [0], "keypoints": [src]})
+    band, yes = (0.5, 0.99), (lambda p, s_kp, t_kp: np.ones(len(t_kp), bool))
+    plain = choose_targets(sources, bank, k=2, seed=0, pose_oks_range=band, honour=yes)
+    every = choose_targets(sources, bank, k=8, seed=0, pose_oks_range=band, honour=yes)
+    full = every.loc[every["reason"] == "", "target"].tolist()  # the candidates in the band, in order
+    assert len(full) >= 5
+    liked = set(full[-3:])  # the last three are preferred
+    placed = {p: _placed(bank, p, src) for p in bank["path"]}
+
+    def prefer(p, s_kp, t_kp):  # rank 0 = preferred
+        return np.array([0 if any(np.allclose(t, placed[q]) for q in liked) else 1 for t in t_kp])
+
+    got = choose_targets(sources, bank, k=2, seed=0, pose_oks_range=band, honour=yes, prefer=prefer)
+    assert got["target"].tolist() == [t for t in full if t in liked][:2] and (got["reason"] == "").all()
+    # more wanted than preferred: the preferred first, then the plain order's first others
+    four = choose_targets(sources, bank, k=4, seed=0, pose_oks_range=band, honour=yes, prefer=prefer)
+    assert four["target"].tolist() == [t for t in full if t in liked] + [t for t in full if t not in liked][:1]
+    every_rank0 = choose_targets(sources, bank, k=2, seed=0, pose_oks_range=band, honour=yes, prefer=lambda p, s, t: np.zeros(len(t), int))
+    assert every_rank0.equals(plain)
+    # ranks: the preferred first, then rank 1 before rank 2, each in order
+    mid = set(full[:2])
+
+    def ranks(p, s_kp, t_kp):
+        return np.array([0 if any(np.allclose(t, placed[q]) for q in liked) else 1 if any(np.allclose(t, placed[q]) for q in mid) else 2
+                         for t in t_kp])  # fmt: skip
+
+    five = choose_targets(sources, bank, k=5, seed=0, pose_oks_range=band, honour=yes, prefer=ranks)["target"].tolist()
+    rest = [t for t in full if t not in liked and t not in mid]
+    assert five == ([t for t in full if t in liked] + [t for t in full if t in mid] + rest)[:5]
+    # a preferred candidate that fails honour is still not generated
+    refuse = choose_targets(sources, bank, k=2, seed=0, pose_oks_range=band, honour=lambda p, s, t: np.zeros(len(t), bool), prefer=prefer)
+    assert (refuse["reason"] == UNHONOURED_TARGET).all()

@@ -51,6 +51,7 @@ def choose_targets(
     pose_oks_range: tuple[float, float] | None = None,
     max_pose_checks: int = 200,
     honour: Callable[[str, np.ndarray, np.ndarray], np.ndarray] | None = None,
+    prefer: Callable[[str, np.ndarray, np.ndarray], np.ndarray] | None = None,
     workers: int = 1,
 ) -> pd.DataFrame:
     """Draw ``k`` target poses for every source image, skipping implausible ones.
@@ -107,6 +108,13 @@ def choose_targets(
             :data:`~posegen.filter.scores.UNHONOURED_TARGET`): the filter would reject most of
             their outputs (a target outside the band, or one the warp cannot honour). None: no
             such test.
+        prefer: with ``pose_oks_range``, a preference among the candidates that are in the band and
+            pass ``honour``, called like ``honour`` -> ``int [N]`` ranks (0 = preferred; a bool
+            array counts True as 1): the ``k`` generated are the first of rank 0, then, when fewer
+            than ``k`` are, the others by rank and then in order (``augment`` passes the number of
+            limb-motion limits a target exceeds, :func:`posegen.pose.keypoints.joint_motion`). The
+            search goes on past the first ``k`` that pass until ``k`` of rank 0 are found or the
+            ``max_pose_checks`` candidates are tested. None: no preference.
         workers: sources whose targets are chosen at once (threads, :func:`posegen._parallel.thread_map`;
             ``honour`` must then be thread-safe). The choice does not depend on it.
 
@@ -168,8 +176,9 @@ def choose_targets(
         honoured: set[int] | None = None  # with honour: the only candidates to generate
         if pose_oks_range is not None:
             check = None if honour is None else (lambda s_kp, t_kp, src=src: honour(src, s_kp, t_kp))
+            like = None if prefer is None else (lambda s_kp, t_kp, src=src: prefer(src, s_kp, t_kp))
             order, passed = _by_pose_distance(order, src_kps[i_src], bank_kp, pose_oks_range,
-                                              plausible, k, max_pose_checks, min_score, check)  # fmt: skip
+                                              plausible, k, max_pose_checks, min_score, check, like)  # fmt: skip
             honoured = passed if honour is not None else None
 
         def why(t) -> str:
@@ -195,38 +204,50 @@ def choose_targets(
 
 
 def _by_pose_distance(order, source_kp, bank_kp, oks_range, plausible, k, max_checks, min_score, check=None,
-                      chunk: int = 16) -> tuple[np.ndarray, set[int]]:  # fmt: skip
+                      prefer=None, chunk: int = 16) -> tuple[np.ndarray, set[int]]:  # fmt: skip
     """``order`` with the candidates whose aligned pose is within ``oks_range`` of the source's
     (and passes ``check(source_kp, aligned_kp [N, 17, 3]) -> bool [N]`` when given) first (stable;
     only the first ``max_checks`` plausible candidates are tested, ``chunk`` at a time, until
     ``k`` pass: the ones after the ``k``-th are left in their place, as a one-by-one test would),
-    and the set of the candidates (bank rows) moved first (at most ``k``)."""
+    and the set of the candidates (bank rows) moved first (at most ``k``). With ``prefer`` (same
+    call as ``check``, cheap, -> ``int [N]`` ranks, 0 = preferred), the rank-0 ones come first among
+    those that pass, and the test goes on until ``k`` of them pass (or the candidates run out); only
+    then are the others tested, by rank and then in order, to fill up to ``k``."""
     from ..metrics import oks
     from ..repose.warp import align_pose
 
     lo, hi = oks_range
     src = np.asarray(source_kp, dtype=np.float32).reshape(17, 3)
     head = order[:max_checks]
-    ok = np.zeros(len(head), dtype=bool)
-    found = 0
+    liked: list[int] = []  # head positions: in the band, preferred, passing check (at most k)
+    spare: list[tuple[int, int, np.ndarray]] = []  # (rank, position, pose): in the band, not preferred, tested only when needed
     for start in range(0, len(head), chunk):
         todo = [j for j in range(start, min(start + chunk, len(head))) if plausible[head[j]]]
         if not todo:
             continue
         raw = np.stack([np.asarray(bank_kp[head[j]], dtype=np.float32).reshape(17, 3) for j in todo])
         placed = align_pose(raw, np.repeat(src[None], len(raw), 0), min_score=min_score)  # the chunk at once
-        idx, tgts = [], []
-        for j, tgt in zip(todo, placed):
-            if lo <= oks(tgt, src, min_score=min_score) < hi:
-                idx.append(j)
-                tgts.append(tgt)
-        if not idx:
+        band = [(j, tgt) for j, tgt in zip(todo, placed) if lo <= oks(tgt, src, min_score=min_score) < hi]
+        if not band:
             continue
-        passed = np.ones(len(idx), dtype=bool) if check is None else np.asarray(check(src, np.stack(tgts)), dtype=bool)
-        for j, p in zip(idx, passed):
-            if p and found < k:
-                ok[j] = True
-                found += 1
-        if found >= k:
+        rank = np.zeros(len(band), dtype=np.int64) if prefer is None else np.asarray(prefer(src, np.stack([t for _, t in band])), dtype=np.int64)
+        spare += [(r, j, t) for (j, t), r in zip(band, rank) if r > 0]
+        band = [c for c, r in zip(band, rank) if r <= 0]
+        if band:
+            passed = np.ones(len(band), dtype=bool) if check is None else np.asarray(check(src, np.stack([t for _, t in band])), dtype=bool)
+            liked += [j for (j, _), p in zip(band, passed) if p][: k - len(liked)]
+        if len(liked) >= k:
             break
-    return np.concatenate([head[ok], head[~ok], order[max_checks:]]), {int(t) for t in head[ok]}
+    # too few preferred ones: the others that pass check fill up to k, by rank, then in order
+    spare.sort(key=lambda c: (c[0], c[1]))
+    others: list[int] = []
+    for start in range(0, len(spare) if len(liked) < k else 0, chunk):
+        part = spare[start : start + chunk]
+        passed = np.ones(len(part), dtype=bool) if check is None else np.asarray(check(src, np.stack([t for _, _, t in part])), dtype=bool)
+        others += [j for (_, j, _), p in zip(part, passed) if p][: k - len(liked) - len(others)]
+        if len(liked) + len(others) >= k:
+            break
+    first = np.asarray(liked + others, dtype=np.int64)
+    moved = np.zeros(len(head), dtype=bool)
+    moved[first] = True
+    return np.concatenate([head[first], head[~moved], order[max_checks:]]), {int(t) for t in head[first]}

@@ -34,6 +34,9 @@ __all__ = [
     "pose_view",
     "near_side",
     "wrists_in_torso",
+    "joint_motion",
+    "ARM_JOINTS",
+    "LEG_JOINTS",
     "DEFAULT_SIDE_RATIO",
 ]
 
@@ -396,3 +399,58 @@ def wrists_in_torso(keypoints, min_score: float = 0.5, *, margin: float = 0.05) 
             dist = sign * cross / np.linalg.norm(edge, axis=2)  # signed distance to each edge's line
         out[:, c] = ok_torso & pres[:, j] & (dist >= margin * torso[:, None]).all(1)
     return out
+
+
+#: COCO-17 joints of :func:`joint_motion`'s two limb groups: elbows and wrists, knees and ankles.
+ARM_JOINTS = (7, 8, 9, 10)
+LEG_JOINTS = (13, 14, 15, 16)
+
+
+def joint_motion(source_kp, target_kp, joints=ARM_JOINTS, min_score: float = 0.5) -> np.ndarray:
+    """How far a target pose moves some joints: the largest displacement among ``joints``, in torso lengths.
+
+    For each pair, the distance between the source's and the target's same joint (both present),
+    the largest over ``joints``, divided by the source's torso length (shoulder midpoint to hip
+    midpoint). The two poses must share a frame: the target already placed on the source person
+    (:func:`posegen.repose.warp.align_pose`) and paired as the warp pairs them
+    (:func:`posegen.repose.warp.view_matched_source` when the view flips). posegen's limb warp moves
+    a forearm or a shin as a rigid capsule of source pixels: a large move drags what lies beside
+    the source's limb along (pale curves across a shirt, a bag smeared into the legs) and leaves a
+    hole where the limb was, which the repair model paints as a smear. ``augment`` prefers targets
+    that move the limbs little (recipe ``augment.max_arm_motion`` / ``max_leg_motion``,
+    :func:`posegen.augment.targets.choose_targets`' ``prefer``).
+
+    Args:
+        source_kp, target_kp: ``float [17, 3]`` or ``[N, 17, 3]`` COCO-17 ``(x, y, score)``, pixels
+            of one frame, x right, y down; a single source pose is compared with every target.
+        joints: COCO-17 indices (:data:`ARM_JOINTS`, :data:`LEG_JOINTS`).
+        min_score: a joint is present when ``score >= min_score``.
+
+    Returns:
+        ``float64 [N]``: the displacement in source torso lengths; NaN where none of ``joints`` is
+        present in both poses or the source's torso length is unknown (a shoulder or a hip missing,
+        or zero length).
+
+    Raises:
+        ValueError: keypoints that are not ``[17, 3]`` / ``[N, 17, 3]``, batch sizes that differ,
+            or no joint index in ``0..16``.
+    """
+    src = np.asarray(source_kp, dtype=np.float64)
+    tgt = np.asarray(target_kp, dtype=np.float64)
+    for name, kp in (("source_kp", src), ("target_kp", tgt)):
+        if kp.shape[-2:] != (NUM_KEYPOINTS, 3) or kp.ndim not in (2, 3):
+            raise ValueError(f"{name} must be [17, 3] or [N, 17, 3], got {kp.shape}")
+    idx = [int(j) for j in joints]
+    if not idx or not all(0 <= j < NUM_KEYPOINTS for j in idx):
+        raise ValueError(f"joints must be COCO-17 indices 0..16, got {list(joints)}")
+    src, tgt = src.reshape(-1, NUM_KEYPOINTS, 3), tgt.reshape(-1, NUM_KEYPOINTS, 3)
+    if len(src) == 1 and len(tgt) != 1:
+        src = np.repeat(src, len(tgt), axis=0)
+    if len(src) != len(tgt):
+        raise ValueError(f"got {len(src)} source and {len(tgt)} target poses")
+    both = (src[:, idx, 2] >= min_score) & (tgt[:, idx, 2] >= min_score)
+    d = np.where(both, np.linalg.norm(src[:, idx, :2] - tgt[:, idx, :2], axis=2), -np.inf).max(1)
+    torso_ok = (src[:, [5, 6, 11, 12], 2] >= min_score).all(1)
+    torso = np.linalg.norm(src[:, [5, 6], :2].mean(1) - src[:, [11, 12], :2].mean(1), axis=1)
+    ok = both.any(1) & torso_ok & (torso > 0)
+    return np.where(ok, d / np.where(ok, torso, 1.0), np.nan)
