@@ -6,8 +6,9 @@ are shuffled together and shown as numbered source | output pairs on sheets, wit
 run made which. A person marks the numbers that show a visible defect (a hole, a torn contour, a
 smeared or doubled limb or bag) in a labels file; ``score`` then unblinds and prints, per run, the
 share with a defect, and per group of limb motion (:func:`posegen.pose.keypoints.joint_motion` of
-the target placed on the source, the quantity ``augment.max_arm_motion`` / ``max_leg_motion``
-limit), with Fisher's exact test (:func:`scipy.stats.fisher_exact`).
+the chosen target pose placed on the source, before ``augment.limit_limb_motion`` moves its limbs:
+the quantity ``augment.max_arm_motion`` / ``max_leg_motion`` rank targets by), with Fisher's exact
+test (:func:`scipy.stats.fisher_exact`).
 
 Usage::
 
@@ -125,7 +126,8 @@ def score(out: Path, labels: Path, tag: str | None, max_arm: float, max_leg: flo
              "| run | defects | looked at | share |", "| --- | ---: | ---: | ---: |"]
     lines += [f"| {r['group']} | {r['defects']} | {r['looked_at']} | {r['share']:.0%} |" for r in runs]
     lines += [f"\nFisher's exact test, run vs defect: p = {p_runs:.3f}\n",
-              f"By limb motion of the target placed on the source (arms <= {max_arm:g} and legs <= {max_leg:g} source torso lengths = within):\n",
+              f"By limb motion of the chosen target pose placed on the source, before any `augment.limit_limb_motion` "
+              f"(arms <= {max_arm:g} and legs <= {max_leg:g} source torso lengths = within):\n",
               "| within the limits | defects | looked at | share |", "| --- | ---: | ---: | ---: |"]
     lines += [f"| {r['group']} | {r['defects']} | {r['looked_at']} | {r['share']:.0%} |" for r in groups]
     lines += [f"\nFisher's exact test, within vs defect: p = {p_groups:.3f}\n"]

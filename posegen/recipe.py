@@ -338,6 +338,11 @@ class AugmentConfig(_Strict):
         gt=0,
         description="the same preference for the knees and ankles (with max_arm_motion: both limits); null = no limit",
     )
+    limit_limb_motion: bool = Field(
+        False,
+        description="latent model, with align_targets: move each limb of the placed target back toward the source's "
+        "until it moves at most max_arm_motion / max_leg_motion (posegen.pose.keypoints.limit_limb_motion)",
+    )
 
 
 class LatentConfig(_Strict):

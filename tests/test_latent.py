@@ -690,3 +690,32 @@ def test_augment_workers_do_not_change_the_outputs(cuhk03_train, blazepose, tmp_
     assert len(written) >= 3 and len(list((tmp_path / "two" / ".posegen" / "parts").glob("part-*.parquet"))) >= 3
     for rel in written:
         assert (tmp_path / "two" / rel).read_bytes() == (tmp_path / "one" / rel).read_bytes(), rel
+
+
+def test_limb_motion_limits_are_the_pose_augment_scores_against(blazepose):
+    """With ``limb_motion_limits`` the default model re-poses to the placed target with its limbs
+    moved back within the limits, and returns that pose: the one ``augment``'s scorer (and
+    ``posegen filter``) computes for the default recipe (:func:`posegen.augment.run.placed_target`),
+    so the filter judges the output against what was asked. Without the limits the pose is the
+    placed target itself."""
+    from posegen.augment.run import limb_motion_limits, placed_target
+    from posegen.pose.keypoints import scale_keypoints
+    from posegen.recipe import load_recipe
+    from posegen.repose import load_pipeline
+
+    _default_model()
+    recipe = load_recipe("default")
+    limits = limb_motion_limits(recipe)
+    assert limits == (0.25, 0.3)
+    src, _, src_kp, tgt_kp, sizes = _val_pairs(blazepose, 4)
+    free = recipe.model_copy(update={"augment": recipe.augment.model_copy(update={"limit_limb_motion": False})})
+    moved = [not np.allclose(placed_target(recipe, sk, tk), placed_target(free, sk, tk)) for sk, tk in zip(src_kp, tgt_kp)]
+    assert any(moved)  # some of these targets move a limb beyond the limits
+    pipe = load_pipeline(None)
+    for lim in (limits, None):
+        out, used = pipe(src, src_kp, tgt_kp, target_sizes=sizes, num_inference_steps=1, limb_motion_limits=lim,
+                         generator=[torch.Generator().manual_seed(0) for _ in src], return_keypoints=True)  # fmt: skip
+        off = recipe.model_copy(update={"augment": recipe.augment.model_copy(update={"limit_limb_motion": lim is not None})})
+        for s, sk, tk, u, ts in zip(src, src_kp, tgt_kp, used, sizes):
+            got = scale_keypoints(u, ts, (s.shape[1], s.shape[0]))
+            np.testing.assert_allclose(got[:, :2], placed_target(off, sk, tk)[:, :2], atol=1e-3)

@@ -378,3 +378,46 @@ def test_prefer_puts_preferred_candidates_first_and_others_fill_up():
     # a preferred candidate that fails honour is still not generated
     refuse = choose_targets(sources, bank, k=2, seed=0, pose_oks_range=band, honour=lambda p, s, t: np.zeros(len(t), bool), prefer=prefer)
     assert (refuse["reason"] == UNHONOURED_TARGET).all()
+
+
+def test_limit_limb_motion_turns_each_limb_back_to_its_limit():
+    """Each limb beyond its limit (source torso lengths) is turned toward the source's angles until
+    it moves exactly the limit, keeping the target's bone lengths and root; a limb with a joint
+    missing is interpolated linearly; the limbs within, the torso, the head and the scores stay
+    the target's; None leaves a kind of limb alone."""
+    from conftest import standing_pose
+
+    from posegen.pose.keypoints import joint_motion, limit_limb_motion
+
+    src = standing_pose()  # torso length 32 px
+    tgt = src.copy()
+    tgt[[7, 9], :2] = [(8, 30), (0, 18)]  # the left arm raised sideways
+    tgt[10, :2] += (4, 0)  # the right wrist 0.125: within 0.25
+    tgt[15, :2] += (16, 0)  # the left ankle 0.5: beyond 0.3
+    tgt[0, :2] += (3, 3)  # the head moves: kept
+    got = limit_limb_motion(src, tgt, 0.25, 0.3)
+    assert got.shape == (1, 17, 3) and got.dtype == np.float32
+    np.testing.assert_allclose(joint_motion(src, got, (7, 9)), [0.25], atol=1e-4)
+    np.testing.assert_allclose(joint_motion(src, got, (13, 15)), [0.3], atol=1e-4)
+
+    def length(kp, a, b):
+        return float(np.linalg.norm(kp[a, :2] - kp[b, :2]))
+
+    for a, b in ((5, 7), (7, 9), (11, 13), (13, 15)):
+        assert abs(length(got[0], a, b) - length(tgt, a, b)) < 1e-3  # the target's bone lengths
+    keep = [j for j in range(17) if j not in (7, 9, 13, 15)]
+    np.testing.assert_array_equal(got[0, keep], tgt[keep])
+    np.testing.assert_array_equal(got[0, :, 2], tgt[:, 2])
+    arms_only = limit_limb_motion(src, tgt, 0.25, None)
+    np.testing.assert_array_equal(arms_only[0, [13, 15]], tgt[[13, 15]])
+    # the hip missing in the target: the leg's present joints move linearly, to the limit
+    no_hip = tgt.copy()
+    no_hip[11, 2] = 0.0
+    lin = limit_limb_motion(src, no_hip, None, 0.3)
+    np.testing.assert_allclose(lin[0, 15, :2], src[15, :2] + 0.6 * (tgt[15, :2] - src[15, :2]), atol=1e-4)
+    # a source with an unknown torso length leaves the pose unchanged; a limit must be positive
+    headless = src.copy()
+    headless[11, 2] = 0.0
+    np.testing.assert_array_equal(limit_limb_motion(headless, tgt, 0.25, 0.3)[0], tgt)
+    with pytest.raises(ValueError, match="max_arm"):
+        limit_limb_motion(src, tgt, 0.0, 0.3)

@@ -179,6 +179,37 @@ def _honour_check(recipe: Recipe, pose_of: pd.DataFrame):
     return honour
 
 
+def limb_motion_limits(recipe: Recipe) -> tuple[float | None, float | None] | None:
+    """``(augment.max_arm_motion, augment.max_leg_motion)`` when ``augment.limit_limb_motion`` asks
+    for the placed target's limbs to be moved back within them (the default model's
+    ``limb_motion_limits``, :func:`posegen.pose.keypoints.limit_limb_motion`), else None."""
+    a = recipe.augment
+    if not a.limit_limb_motion or (a.max_arm_motion is None and a.max_leg_motion is None):
+        return None
+    return a.max_arm_motion, a.max_leg_motion
+
+
+def placed_target(recipe: Recipe, source_kp: np.ndarray, target_kp: np.ndarray) -> np.ndarray:
+    """The target pose as ``augment`` asks the default model for it: ``target_kp`` (COCO-17
+    ``float [17, 3]``, pixels of its own image) placed on the source person
+    (:func:`posegen.repose.warp.align_pose`, translation and uniform scale onto ``source_kp``,
+    pixels of the source image) and, with :func:`limb_motion_limits`, each limb moved back within
+    them (:func:`posegen.pose.keypoints.limit_limb_motion`, the source paired as the warp pairs it):
+    what :class:`~posegen.repose.LatentReposePipeline` does with ``align`` and
+    ``limb_motion_limits``. Returns ``float32 [17, 3]`` in source pixels."""
+    from ..pose.keypoints import limit_limb_motion
+    from ..repose.warp import align_pose, view_matched_source
+
+    min_score = recipe.pose.min_score
+    src = np.asarray(source_kp, np.float32).reshape(17, 3)
+    kp = np.asarray(align_pose(np.asarray(target_kp, np.float32).reshape(17, 3), src, min_score=min_score), np.float32)
+    limits = limb_motion_limits(recipe)
+    if limits is None:
+        return kp
+    paired = view_matched_source(src[None], kp[None], min_score=min_score).numpy()
+    return limit_limb_motion(paired, kp, *limits, min_score=min_score)[0]
+
+
 def _limb_preference(recipe: Recipe):
     """The target preference of :func:`choose_targets` (``prefer``) for the default model: with
     ``augment.max_arm_motion`` / ``max_leg_motion``, targets that move no elbow or wrist (knee or
@@ -493,9 +524,7 @@ class _Scorer:
             tsize = (int(self.pose_of.loc[tgt, "width"]), int(self.pose_of.loc[tgt, "height"]))
             kp = self.pose_of.loc[tgt, "keypoints"] if target_keypoints is None else target_keypoints[i]
             if self.align_targets and target_keypoints is None:  # as LatentReposePipeline places it
-                from ..repose.warp import align_pose
-
-                kp = align_pose(kp, src_kp[-1], min_score=self.recipe.pose.min_score)  # source pixels
+                kp = placed_target(self.recipe, src_kp[-1], kp)  # source pixels
             else:
                 kp = scale_keypoints(kp, tsize, (w, h))
             tgt_kp.append(kp)
@@ -833,6 +862,7 @@ def augment(
             strength=recipe.sample.strength, start=recipe.sample.start, align=recipe.augment.align_targets,
             repair_only=recipe.sample.repair_only, repair_strength=recipe.sample.repair_strength,
             turned_head=recipe.sample.turned_head, person_masks=recipe.sample.person_masks,
+            limb_motion_limits=limb_motion_limits(recipe) if recipe.augment.align_targets else None,
         )  # fmt: skip
     else:
         guidance = _guidance(recipe) if len(todo) else {}

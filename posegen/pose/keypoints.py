@@ -35,6 +35,7 @@ __all__ = [
     "near_side",
     "wrists_in_torso",
     "joint_motion",
+    "limit_limb_motion",
     "ARM_JOINTS",
     "LEG_JOINTS",
     "DEFAULT_SIDE_RATIO",
@@ -454,3 +455,104 @@ def joint_motion(source_kp, target_kp, joints=ARM_JOINTS, min_score: float = 0.5
     torso = np.linalg.norm(src[:, [5, 6], :2].mean(1) - src[:, [11, 12], :2].mean(1), axis=1)
     ok = both.any(1) & torso_ok & (torso > 0)
     return np.where(ok, d / np.where(ok, torso, 1.0), np.nan)
+
+
+#: COCO-17 (root, middle, end) of each limb for :func:`limit_limb_motion`: shoulder, elbow, wrist;
+#: hip, knee, ankle.
+_LIMBS = (((5, 7, 9), "arm"), ((6, 8, 10), "arm"), ((11, 13, 15), "leg"), ((12, 14, 16), "leg"))
+
+
+def _wrap(a: np.ndarray) -> np.ndarray:
+    """Angles wrapped into ``[-pi, pi)``."""
+    return (a + np.pi) % (2 * np.pi) - np.pi
+
+
+def limit_limb_motion(source_kp, target_kp, max_arm: float | None, max_leg: float | None, min_score: float = 0.5,
+                      iterations: int = 20) -> np.ndarray:  # fmt: skip
+    """A target pose with each limb turned back toward the source's until it moves at most a limit.
+
+    For each limb (left and right arm: shoulder, elbow, wrist; left and right leg: hip, knee,
+    ankle), the largest displacement of its middle and end joints from the source's same joints,
+    in source torso lengths (:func:`joint_motion`), is compared with its limit (``max_arm`` for
+    arms, ``max_leg`` for legs). Beyond it, the limb's two bones keep the target's lengths and its
+    root (shoulder or hip), and their angles are interpolated from the source's toward the
+    target's (each by the shorter way round), ``angle = a_s + f (a_t - a_s)``, with the largest
+    ``f`` in ``[0, 1]`` (bisection, ``iterations`` steps) at which the limb moves at most the limit
+    (``f = 0`` when even the source's angles move it farther: the limb then hangs as the source's
+    from the target's shoulder or hip). A limb with a joint missing in either pose is interpolated
+    linearly instead, joint by joint, ``s + f (t - s)`` with ``f = limit / motion``. Shoulders, hips,
+    head and the limbs within their limit keep the target's positions; scores keep the target's.
+    posegen's limb warp honours small limb moves well and large ones badly (a moved forearm or shin
+    drags its surroundings along and leaves a hole that is painted as a smear): ``augment`` asks the
+    default model for the limited pose (recipe ``augment.limit_limb_motion``).
+
+    Args:
+        source_kp, target_kp: ``float [17, 3]`` or ``[N, 17, 3]`` COCO-17 ``(x, y, score)``, pixels
+            of one frame (x right, y down), the target already placed on the source person and the
+            source paired as the warp pairs them (:func:`joint_motion`); one source pose may serve
+            every target.
+        max_arm, max_leg: the limits in source torso lengths; None leaves those limbs unchanged.
+        min_score: a joint is present when ``score >= min_score``.
+        iterations: bisection steps for ``f`` (20: to about 1e-6).
+
+    Returns:
+        ``float32 [N, 17, 3]``: the limited target poses (a pose whose source torso length is
+        unknown is returned unchanged).
+
+    Raises:
+        ValueError: as :func:`joint_motion`; a limit that is not positive.
+    """
+    for name, lim in (("max_arm", max_arm), ("max_leg", max_leg)):
+        if lim is not None and not lim > 0:
+            raise ValueError(f"{name} must be positive or None, got {lim}")
+    out = np.array(np.asarray(target_kp, dtype=np.float64).reshape(-1, NUM_KEYPOINTS, 3))
+    src = np.asarray(source_kp, dtype=np.float64)
+    src = np.repeat(src.reshape(1, NUM_KEYPOINTS, 3), len(out), 0) if src.ndim == 2 else src.reshape(-1, NUM_KEYPOINTS, 3)
+    torso = np.linalg.norm(src[:, [5, 6], :2].mean(1) - src[:, [11, 12], :2].mean(1), axis=1)
+    for (r, m, e), kind in _LIMBS:
+        lim = max_arm if kind == "arm" else max_leg
+        if lim is None:
+            continue
+        motion = joint_motion(src, out, (m, e), min_score)  # checks shapes; NaN = unknown
+        over = motion > lim
+        if not over.any():
+            continue
+        pres = lambda kp, j: kp[:, j, 2] >= min_score  # noqa: E731
+        whole = over & pres(src, r) & pres(src, m) & pres(src, e) & pres(out, r) & pres(out, m) & pres(out, e)
+        # bones turned: the target's lengths and root, angles from the source's toward the target's
+        u_t, v_t = out[:, m, :2] - out[:, r, :2], out[:, e, :2] - out[:, m, :2]
+        u_s, v_s = src[:, m, :2] - src[:, r, :2], src[:, e, :2] - src[:, m, :2]
+        l1, l2 = np.linalg.norm(u_t, axis=1), np.linalg.norm(v_t, axis=1)
+        a1s, a2s = np.arctan2(u_s[:, 1], u_s[:, 0]), np.arctan2(v_s[:, 1], v_s[:, 0])
+        d1 = _wrap(np.arctan2(u_t[:, 1], u_t[:, 0]) - a1s)
+        d2 = _wrap(np.arctan2(v_t[:, 1], v_t[:, 0]) - a2s)
+
+        def at(f):
+            a1, a2 = a1s + f * d1, a2s + f * d2
+            mid = out[:, r, :2] + l1[:, None] * np.stack([np.cos(a1), np.sin(a1)], 1)
+            end = mid + l2[:, None] * np.stack([np.cos(a2), np.sin(a2)], 1)
+            return mid, end
+
+        def moved(f):
+            mid, end = at(f)
+            d = np.maximum(np.linalg.norm(mid - src[:, m, :2], axis=1), np.linalg.norm(end - src[:, e, :2], axis=1))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return d / torso
+
+        lo, hi = np.zeros(len(out)), np.ones(len(out))
+        for _ in range(int(iterations)):
+            mid_f = (lo + hi) / 2
+            ok = moved(mid_f) <= lim
+            lo, hi = np.where(ok, mid_f, lo), np.where(ok, hi, mid_f)
+        mid, end = at(lo)
+        out[:, m, :2] = np.where(whole[:, None], mid, out[:, m, :2])
+        out[:, e, :2] = np.where(whole[:, None], end, out[:, e, :2])
+        # a limb with a joint missing: the present joints moved linearly toward the source's
+        part = over & ~whole
+        with np.errstate(invalid="ignore", divide="ignore"):
+            f = np.where(part, lim / motion, 1.0)
+        for j in (m, e):
+            both = part & pres(src, j) & pres(out, j)
+            blended = src[:, j, :2] + f[:, None] * (out[:, j, :2] - src[:, j, :2])
+            out[:, j, :2] = np.where(both[:, None], blended, out[:, j, :2])
+    return out.astype(np.float32)

@@ -30,9 +30,10 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..latent.frame import from_frame_keypoints, letterbox_params, to_frame_keypoints
 from ..latent.taef2 import LATENT_SCALE, TAEF2
+from ..pose.keypoints import limit_limb_motion
 from .latent import FRAME_HW, latent_conditions, warp_inputs
 from .pipeline import _sizes, check_repose_inputs
-from .warp import align_pose
+from .warp import align_pose, view_matched_source
 
 _SEGMENTER_LOCK = threading.Lock()
 
@@ -110,6 +111,7 @@ class LatentReposePipeline(DiffusionPipeline):
         repair_strength: float | None = None,
         turned_head: bool | None = None,
         person_masks: bool | None = None,
+        limb_motion_limits: tuple[float | None, float | None] | None = None,
         return_keypoints: bool = False,
     ):
         """Re-pose each source image to its target pose.
@@ -162,7 +164,12 @@ class LatentReposePipeline(DiffusionPipeline):
                 full's segmentation output, on each letterboxed source) near the moved parts along
                 with the body (``person`` of :func:`~posegen.repose.latent.warp_inputs`), so that no
                 second copy stays behind. Default: the model's (False for older models).
-            return_keypoints: also return the target keypoints used (after alignment),
+            limb_motion_limits: with ``align``, ``(max_arm, max_leg)`` in source torso lengths: each
+                limb of the placed target is moved back toward the source's so that it moves at
+                most that (:func:`~posegen.pose.keypoints.limit_limb_motion`, the source paired as
+                the warp pairs it; None in the pair leaves those limbs): the pose the warp can
+                honour (``augment.limit_limb_motion``). None: the placed target as it is.
+            return_keypoints: also return the target keypoints used (after alignment and limits),
                 ``float32 [B, 17, 3]`` in pixels of ``target_sizes`` (per-axis rescaled from the
                 source's pixels, so ``scale_keypoints(kp, target_size, source_size)`` gives them
                 on the output image).
@@ -217,6 +224,9 @@ class LatentReposePipeline(DiffusionPipeline):
         skp = np.stack([to_frame_keypoints(k, bx) for k, bx in zip(src_kp, boxes)])
         if align:
             used_src_px = align_pose(tgt_kp, src_kp, min_score=min_score)  # source pixels
+            if limb_motion_limits is not None:
+                paired = view_matched_source(src_kp, used_src_px, min_score=min_score).numpy()
+                used_src_px = limit_limb_motion(paired, used_src_px, *limb_motion_limits, min_score=min_score)
             tkp = np.stack([to_frame_keypoints(k, bx) for k, bx in zip(used_src_px, boxes)])
         else:
             tboxes = [letterbox_params((int(s[0]), int(s[1])), FRAME_HW) for s in tgt_sizes]
