@@ -340,8 +340,8 @@ class AugmentConfig(_Strict):
     )
     limit_limb_motion: bool = Field(
         False,
-        description="latent model, with align_targets: move each limb of the placed target back toward the source's "
-        "until it moves at most max_arm_motion / max_leg_motion (posegen.pose.keypoints.limit_limb_motion)",
+        description="latent model, with align_targets: turn each limb of the placed target back toward the source's "
+        "(bone lengths kept) until it moves at most max_arm_motion / max_leg_motion (posegen.pose.keypoints.limit_limb_motion)",
     )
 
 

@@ -201,7 +201,7 @@ def placed_target(recipe: Recipe, source_kp: np.ndarray, target_kp: np.ndarray) 
     from ..repose.warp import align_pose, view_matched_source
 
     min_score = recipe.pose.min_score
-    src = np.asarray(source_kp, np.float32).reshape(17, 3)
+    src = np.array(source_kp, np.float32).reshape(17, 3)  # a writable copy (torch warns on read-only arrays)
     kp = np.asarray(align_pose(np.asarray(target_kp, np.float32).reshape(17, 3), src, min_score=min_score), np.float32)
     limits = limb_motion_limits(recipe)
     if limits is None:

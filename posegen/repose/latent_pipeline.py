@@ -165,10 +165,11 @@ class LatentReposePipeline(DiffusionPipeline):
                 with the body (``person`` of :func:`~posegen.repose.latent.warp_inputs`), so that no
                 second copy stays behind. Default: the model's (False for older models).
             limb_motion_limits: with ``align``, ``(max_arm, max_leg)`` in source torso lengths: each
-                limb of the placed target is moved back toward the source's so that it moves at
-                most that (:func:`~posegen.pose.keypoints.limit_limb_motion`, the source paired as
-                the warp pairs it; None in the pair leaves those limbs): the pose the warp can
-                honour (``augment.limit_limb_motion``). None: the placed target as it is.
+                limb of the placed target is turned back toward the source's (bone lengths kept)
+                until it moves at most that (:func:`~posegen.pose.keypoints.limit_limb_motion`, the
+                source paired as the warp pairs it; None in the pair leaves those limbs): the pose
+                the warp can honour (``augment.limit_limb_motion``). None: the placed target as it
+                is. Ignored without ``align``.
             return_keypoints: also return the target keypoints used (after alignment and limits),
                 ``float32 [B, 17, 3]`` in pixels of ``target_sizes`` (per-axis rescaled from the
                 source's pixels, so ``scale_keypoints(kp, target_size, source_size)`` gives them
