@@ -20,7 +20,9 @@ Usage::
 and ``DIR/sheet_*.png``. ``score`` prints a table and writes
 ``benchmarks/results/blind_defects[-TAG].{json,md}``. Only sources whose identity (``pid``) is at
 least ``--min-pid`` are drawn, and none listed in the ``--skip`` key files, so that images looked at
-earlier can be left out.
+earlier can be left out; with ``--changed``, only the rows (source, target number) for which the
+two runs chose different target poses are drawn (where the runs share most rows, their difference
+lies there).
 """
 
 from __future__ import annotations
@@ -48,18 +50,32 @@ def _kept(run: Path, min_pid: int) -> pd.DataFrame:
     return m[m["synthetic"] & m["kept"] & (m["pid"] >= min_pid)]
 
 
-def sheets(a: Path, b: Path, n: int, seed: int, out: Path, root: Path, min_pid: int, skip: list[Path]) -> None:
-    """Write the shuffled, numbered sheets and the key."""
+def _changed(a: Path, b: Path) -> set[tuple[str, int]]:
+    """The ``(source, k)`` rows for which the two runs chose different target poses."""
+    ma, mb = (pd.read_parquet(r / "manifest.parquet") for r in (a, b))
+    m = ma[ma["k"] > 0].merge(mb[mb["k"] > 0], on=["source", "k"], suffixes=("_a", "_b"))
+    m = m[m["target_pose_source_a"] != m["target_pose_source_b"]]
+    return set(zip(m["source"], m["k"].astype(int)))
+
+
+def sheets(a: Path, b: Path, n: int, seed: int, out: Path, root: Path, min_pid: int, skip: list[Path],
+           changed: bool = False) -> None:  # fmt: skip
+    """Write the shuffled, numbered sheets and the key (with ``changed``, only rows whose target
+    pose differs between the two runs are drawn: where two runs share most rows, the difference)."""
     from PIL import Image, ImageDraw
 
     seen = set()
     for key in skip:
         k = pd.read_csv(key)
         seen |= set(zip(k["run"], k["path"]))
+    differ = _changed(a, b) if changed else None
     rows = []
     for tag, run in (("A", a), ("B", b)):
         k = _kept(run, min_pid)
         k = k[[(str(run), p) not in seen for p in k["path"]]]
+        if differ is not None:
+            print(f"{tag}: {sum((s, int(j)) in differ for s, j in zip(k['source'], k['k']))} kept rows with a changed target, of {len(k)} kept")
+            k = k[[(s, int(j)) in differ for s, j in zip(k["source"], k["k"])]]
         k = k.sample(min(n, len(k)), random_state=seed)
         rows += [dict(run=str(run), tag=tag, path=p, source=s) for p, s in zip(k["path"], k["source"])]
     df = pd.DataFrame(rows).sample(frac=1.0, random_state=seed + 1).reset_index(drop=True)
@@ -149,6 +165,7 @@ def main() -> None:
     s.add_argument("--seed", type=int, default=7)
     s.add_argument("--min-pid", type=int, default=0, help="draw only sources with pid >= this")
     s.add_argument("--root", type=Path, default=TRAIN, help="the folder the runs' sources came from")
+    s.add_argument("--changed", action="store_true", help="draw only rows whose target pose differs between the runs")
     s.add_argument("--skip", type=Path, nargs="*", default=[], help="key.csv files of earlier sheets: their images are not drawn again")
     s.add_argument("--out", type=Path, required=True)
     c = sub.add_parser("score", help="unblind a labelled set of sheets")
@@ -159,7 +176,7 @@ def main() -> None:
     c.add_argument("--max-leg", type=float, default=0.3)
     args = ap.parse_args()
     if args.cmd == "sheets":
-        sheets(args.run_a, args.run_b, args.n, args.seed, args.out, args.root, args.min_pid, args.skip)
+        sheets(args.run_a, args.run_b, args.n, args.seed, args.out, args.root, args.min_pid, args.skip, args.changed)
     else:
         score(args.out, args.labels, args.tag, args.max_arm, args.max_leg)
 

@@ -358,12 +358,14 @@ def test_target_choice_skips_targets_the_pose_only_checks_would_reject():
     """``augment``'s target test for the default model predicts the filter's two pose-only checks:
     a target that would make the warp copy the source's arm onto the torso (foreign-part share above
     ``max_foreign_fraction``) is refused, the source's own pose passes, and with both checks and the
-    hands rule off there is no test."""
+    hands rule off there is no test. With the limb-motion limits (the default), the checks see the
+    target as the model will be asked for it, its limbs moved back within the limits."""
     from conftest import standing_pose
 
-    from posegen.augment.run import _honour_check
+    from posegen.augment.run import _honour_check, placed_target
 
-    recipe = load_recipe("default")
+    default = load_recipe("default")
+    recipe = default.model_copy(update={"augment": default.augment.model_copy(update={"limit_limb_motion": False})})
     pose_of = pd.DataFrame({"width": [64], "height": [128]}, index=["a.jpg"])
     honour = _honour_check(recipe, pose_of)
     stand = standing_pose()
@@ -384,4 +386,10 @@ def test_target_choice_skips_targets_the_pose_only_checks_would_reject():
     test = _honour_check(hands, pose_of)
     assert test("a.jpg", stand, np.stack([stand, phone])).tolist() == [True, False]
     assert test("a.jpg", phone, np.stack([stand, phone])).tolist() == [True, True]
+    # with the limits, the raised forearm is turned back off the chest before the test: it passes,
+    # as its limited pose (the one the filter scores) does without them
+    limited = hands.model_copy(update={"augment": hands.augment.model_copy(update={"limit_limb_motion": True})})
+    assert test("a.jpg", stand, placed_target(limited, stand, phone)[None]).tolist() == [True]
+    assert _honour_check(limited, pose_of)("a.jpg", stand, np.stack([stand, phone])).tolist() == [True, True]
+    assert _honour_check(default, pose_of)("a.jpg", stand, np.stack([stand, phone])).tolist() == [True, True]
 

@@ -146,3 +146,38 @@ def test_skeleton_image_draws_the_pose():
     kp = _pose()
     kp[:, 2] = 0.0
     assert skeleton_image(kp, (W, H)).max() == 0  # absent joints are not drawn
+
+
+def test_report_draws_the_placed_target_pose(fake):
+    """With ``place_target`` (``augment`` passes the default model's :func:`placed_target`), the
+    target column shows the pose the model was asked for: the function gets the source's and the
+    target's bank poses, and its result, in source pixels, is what is drawn."""
+    out, manifest = fake
+    from posegen.pose.formats import read_poses
+
+    bank = read_poses(out / ".posegen" / "poses.parquet").set_index("path")
+    calls = []
+
+    def place(source_kp, target_kp):
+        calls.append((source_kp.copy(), target_kp.copy()))
+        kp = np.array(source_kp, np.float32)
+        kp[:, 2] = 0.0
+        kp[5] = (30.0, 70.0, 1.0)  # one joint only, where no bank pose has one
+        return kp
+
+    write_report(out, manifest, load_recipe("tiny"), rows=200, place_target=place)
+    shown = manifest[manifest["synthetic"] & (manifest["k"] > 0)]  # generated or not: each row's target is drawn
+    assert len(calls) == len(shown)  # one placement per row
+    def pair(s_kp, t_kp):
+        return np.asarray(s_kp, np.float32).tobytes(), np.asarray(t_kp, np.float32).tobytes()
+
+    want = [pair(bank.loc[s, "keypoints"], bank.loc[t, "keypoints"]) for s, t in zip(shown["source"], shown["target_pose_source"])]
+    assert sorted(pair(*c) for c in calls) == sorted(want)  # each row's source and target bank poses
+    poses = sorted((out / THUMB_DIR).glob("pose-*.png"))
+    assert poses
+    for p in poses:
+        with Image.open(p) as im:
+            g = np.asarray(im.convert("L"), dtype=np.float32)
+        y, x = np.unravel_index(np.argmax(g), g.shape)  # the one joint drawn, scaled to the thumbnail
+        assert abs(y / g.shape[0] - 70 / H) < 0.05 and abs(x / g.shape[1] - 30 / W) < 0.08
+        assert g[: g.shape[0] // 2].max() == 0  # nothing of the bank pose (head, shoulders) is drawn

@@ -143,7 +143,10 @@ def _honour_check(recipe: Recipe, pose_of: pd.DataFrame):
     keep the choice cheap) at most ``filter.max_foreign_fraction``; a check that is off (None) is
     not tested. With ``augment.avoid_hands_onto_torso``, also no more wrists over the torso than
     the source (:func:`posegen.pose.keypoints.wrists_in_torso`: the warp lays a hanging forearm
-    flat across the chest). None when all are off."""
+    flat across the chest). The checks are made on the pose the model will be asked for: with
+    :func:`limb_motion_limits`, the candidate's limbs moved back within them (as
+    :func:`placed_target`), so that the choice and the filter see the same target. None when all
+    are off."""
     t_inv, t_for = recipe.filter.max_invented_fraction, recipe.filter.max_foreign_fraction
     hands = recipe.augment.avoid_hands_onto_torso
     if t_inv is None and t_for is None and not hands:
@@ -160,7 +163,7 @@ def _honour_check(recipe: Recipe, pose_of: pd.DataFrame):
 
     def honour(src: str, source_kp: np.ndarray, target_kp: np.ndarray) -> np.ndarray:
         size = (int(pose_of.loc[src, "width"]), int(pose_of.loc[src, "height"]))
-        tk = np.asarray(target_kp, np.float32).reshape(-1, 17, 3)
+        tk = _limited_limbs(recipe, source_kp, target_kp)  # the pose the model will be asked for
         ok = np.ones(len(tk), dtype=bool)
         if hands:
             ok &= wrists_in_torso(tk, min_score).sum(1) <= wrists_in_torso(source_kp, min_score).sum()
@@ -197,17 +200,28 @@ def placed_target(recipe: Recipe, source_kp: np.ndarray, target_kp: np.ndarray) 
     them (:func:`posegen.pose.keypoints.limit_limb_motion`, the source paired as the warp pairs it):
     what :class:`~posegen.repose.LatentReposePipeline` does with ``align`` and
     ``limb_motion_limits``. Returns ``float32 [17, 3]`` in source pixels."""
-    from ..pose.keypoints import limit_limb_motion
-    from ..repose.warp import align_pose, view_matched_source
+    from ..repose.warp import align_pose
 
-    min_score = recipe.pose.min_score
     src = np.array(source_kp, np.float32).reshape(17, 3)  # a writable copy (torch warns on read-only arrays)
-    kp = np.asarray(align_pose(np.asarray(target_kp, np.float32).reshape(17, 3), src, min_score=min_score), np.float32)
+    kp = np.asarray(align_pose(np.asarray(target_kp, np.float32).reshape(17, 3), src, min_score=recipe.pose.min_score), np.float32)
+    return _limited_limbs(recipe, src, kp[None])[0]
+
+
+def _limited_limbs(recipe: Recipe, source_kp: np.ndarray, placed_kp: np.ndarray) -> np.ndarray:
+    """``placed_kp`` (``float [N, 17, 3]``, targets already placed on the source person, source
+    pixels) with each limb moved back within :func:`limb_motion_limits` (unchanged when they are
+    off), the source (``float [17, 3]``) paired as the warp pairs it. Returns ``float32 [N, 17, 3]``."""
+    kp = np.array(placed_kp, np.float32).reshape(-1, 17, 3)
     limits = limb_motion_limits(recipe)
     if limits is None:
         return kp
-    paired = view_matched_source(src[None], kp[None], min_score=min_score).numpy()
-    return limit_limb_motion(paired, kp, *limits, min_score=min_score)[0]
+    from ..pose.keypoints import limit_limb_motion
+    from ..repose.warp import view_matched_source
+
+    min_score = recipe.pose.min_score
+    src = np.repeat(np.array(source_kp, np.float32).reshape(1, 17, 3), len(kp), 0)
+    paired = view_matched_source(src, kp, min_score=min_score).numpy()
+    return limit_limb_motion(paired, kp, *limits, min_score=min_score)
 
 
 def _limb_preference(recipe: Recipe):
@@ -901,7 +915,10 @@ def augment(
     # 9. the visual report
     from ..report import write_report
 
-    write_report(out, result, recipe, prior_threshold=max_energy, rows=report_rows, seed=seed, notes=settings["notes"])
+    place = (lambda s_kp, t_kp: placed_target(recipe, s_kp, t_kp)) if latent_model and recipe.augment.align_targets else None
+    write_report(
+        out, result, recipe, prior_threshold=max_energy, rows=report_rows, seed=seed, notes=settings["notes"], place_target=place,
+    )  # fmt: skip
     return result
 
 

@@ -149,6 +149,7 @@ def write_report(
     seed: int = 0,
     notes=(),
     title: str | None = None,
+    place_target=None,
 ) -> Path:
     """Write ``OUT/report.html`` and the score plot ``OUT/.posegen/report/scores.png`` for an augment output folder.
 
@@ -164,6 +165,12 @@ def write_report(
         seed: seed of the deterministic row sample.
         notes: lines shown at the top (e.g. identity checks skipped).
         title: page title (default: the folder's name).
+        place_target: ``place_target(source_kp, target_kp) -> float [17, 3]``, both COCO-17
+            ``(x, y, score)`` ``float32 [17, 3]`` (the source in its own image's pixels, the target in
+            its bank image's): the pose the model was asked for, in source pixels (``augment`` passes
+            :func:`posegen.augment.placed_target` with the default model, which places the target on
+            the source person and moves its limbs back within the limb-motion limits). The target
+            column then shows that pose; None: the bank pose, scaled to the output's size.
 
     Returns:
         The path of ``report.html``. Thumbnails are written under ``OUT/.posegen/report/``; the ones
@@ -210,10 +217,17 @@ def write_report(
         else:
             return '<td class="img">—</td>'
         tsize = (int(bank.loc[tgt, "width"]), int(bank.loc[tgt, "height"]))
+        kp = np.asarray(bank.loc[tgt, "keypoints"], np.float32).reshape(17, 3)
         key = _key(tgt, w, h)
+        if place_target is not None:  # the pose the model was asked for, in the source's pixels
+            if src not in bank.index:
+                return '<td class="img">—</td>'
+            kp = np.asarray(place_target(np.asarray(bank.loc[src, "keypoints"], np.float32).reshape(17, 3), kp), np.float32)
+            tsize = (int(bank.loc[src, "width"]), int(bank.loc[src, "height"]))
+            key = _key(tgt, src, np.round(kp, 1).tobytes(), w, h)  # a new placement draws anew
         if h > _THUMB_MAX_SIDE:  # draw the skeleton at thumbnail scale: memory grows with its area
             w, h = max(1, round(w * _THUMB_MAX_SIDE / h)), _THUMB_MAX_SIDE
-        kp = scale_keypoints(bank.loc[tgt, "keypoints"], tsize, (w, h))
+        kp = scale_keypoints(kp, tsize, (w, h))
         return img_cell(f"pose-{key}.png", lambda: skeleton_image(kp, (w, h), min_score))
 
     def out_cell(r) -> str:

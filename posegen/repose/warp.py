@@ -155,7 +155,7 @@ def _as_kp_tensor(kp, device=None) -> torch.Tensor:
     if isinstance(kp, torch.Tensor):
         t = kp.detach().to(device=device if device is not None else kp.device, dtype=torch.float32)
     else:
-        t = torch.as_tensor(np.asarray(kp, dtype=np.float32), device=device)
+        t = torch.as_tensor(np.array(kp, dtype=np.float32), device=device)  # a copy: a read-only array (Parquet) warns
     if t.ndim != 3 or t.shape[1:] != (NUM_KEYPOINTS, 3):
         raise ValueError(f"keypoints must have shape [B, 17, 3] (COCO-17 x, y, score), got {tuple(t.shape)}")
     return t
