@@ -20,9 +20,9 @@ Usage::
 and ``DIR/sheet_*.png``. ``score`` prints a table and writes
 ``benchmarks/results/blind_defects[-TAG].{json,md}``. Only sources whose identity (``pid``) is at
 least ``--min-pid`` are drawn, and none listed in the ``--skip`` key files, so that images looked at
-earlier can be left out; with ``--changed``, only the rows (source, target number) for which the
-two runs chose different target poses are drawn (where the runs share most rows, their difference
-lies there).
+earlier can be left out; with ``--changed``, only the rows (source, target number) whose outputs
+differ between the two runs are drawn (another target pose, or other pixels; where two runs share
+most rows, their difference lies there).
 """
 
 from __future__ import annotations
@@ -51,17 +51,25 @@ def _kept(run: Path, min_pid: int) -> pd.DataFrame:
 
 
 def _changed(a: Path, b: Path) -> set[tuple[str, int]]:
-    """The ``(source, k)`` rows for which the two runs chose different target poses."""
+    """The ``(source, k)`` rows whose outputs differ between the two runs: another target pose, or
+    the same one re-posed into other pixels (the written files' bytes differ), or written by one
+    run only."""
     ma, mb = (pd.read_parquet(r / "manifest.parquet") for r in (a, b))
     m = ma[ma["k"] > 0].merge(mb[mb["k"] > 0], on=["source", "k"], suffixes=("_a", "_b"))
-    m = m[m["target_pose_source_a"] != m["target_pose_source_b"]]
+
+    def data(run: Path, path: str) -> bytes | None:
+        return (run / path).read_bytes() if path and (run / path).is_file() else None
+
+    differ = [ta != tb or data(a, pa) != data(b, pb)
+              for ta, tb, pa, pb in zip(m["target_pose_source_a"], m["target_pose_source_b"], m["path_a"], m["path_b"])]  # fmt: skip
+    m = m[differ]
     return set(zip(m["source"], m["k"].astype(int)))
 
 
 def sheets(a: Path, b: Path, n: int, seed: int, out: Path, root: Path, min_pid: int, skip: list[Path],
            changed: bool = False) -> None:  # fmt: skip
-    """Write the shuffled, numbered sheets and the key (with ``changed``, only rows whose target
-    pose differs between the two runs are drawn: where two runs share most rows, the difference)."""
+    """Write the shuffled, numbered sheets and the key (with ``changed``, only rows whose outputs
+    differ between the two runs are drawn, :func:`_changed`)."""
     from PIL import Image, ImageDraw
 
     seen = set()
@@ -74,7 +82,7 @@ def sheets(a: Path, b: Path, n: int, seed: int, out: Path, root: Path, min_pid: 
         k = _kept(run, min_pid)
         k = k[[(str(run), p) not in seen for p in k["path"]]]
         if differ is not None:
-            print(f"{tag}: {sum((s, int(j)) in differ for s, j in zip(k['source'], k['k']))} kept rows with a changed target, of {len(k)} kept")
+            print(f"{tag}: {sum((s, int(j)) in differ for s, j in zip(k['source'], k['k']))} kept rows with a changed output, of {len(k)} kept")
             k = k[[(s, int(j)) in differ for s, j in zip(k["source"], k["k"])]]
         k = k.sample(min(n, len(k)), random_state=seed)
         rows += [dict(run=str(run), tag=tag, path=p, source=s) for p, s in zip(k["path"], k["source"])]
@@ -165,7 +173,7 @@ def main() -> None:
     s.add_argument("--seed", type=int, default=7)
     s.add_argument("--min-pid", type=int, default=0, help="draw only sources with pid >= this")
     s.add_argument("--root", type=Path, default=TRAIN, help="the folder the runs' sources came from")
-    s.add_argument("--changed", action="store_true", help="draw only rows whose target pose differs between the runs")
+    s.add_argument("--changed", action="store_true", help="draw only rows whose outputs differ between the runs")
     s.add_argument("--skip", type=Path, nargs="*", default=[], help="key.csv files of earlier sheets: their images are not drawn again")
     s.add_argument("--out", type=Path, required=True)
     c = sub.add_parser("score", help="unblind a labelled set of sheets")

@@ -19,6 +19,7 @@ cores free; about 6 min per value on the 2-core machine)::
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -83,7 +84,8 @@ def main(argv=None) -> None:
         table.add_row(str(r["workers"]), *(f"{r['seconds'][k]:.1f}" for k in STAGES), str(r["generated"]), str(r["kept"]))
     Console().print(table)
 
-    cmd = " ".join([Path(sys.executable).name, *sys.argv])
+    env = [f"{k}={os.environ[k]}" for k in ("POSEGEN_TAEF2_PRECISION", "OMP_NUM_THREADS") if os.environ.get(k)]
+    cmd = " ".join([*env, Path(sys.executable).name, *sys.argv])
     result = {"command": cmd, "commit": commit(), "machine": machine(), "torch_threads": torch.get_num_threads(), "runs": rows}
     stem = "main_job_speed" + (f"-{a.tag}" if a.tag else "")
     atomic_write_json(RESULTS / f"{stem}.json", result)

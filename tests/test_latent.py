@@ -38,13 +38,17 @@ def test_letterbox_keeps_aspect_and_round_trips_keypoints():
 
 
 # --------------------------------------------------------------------------- autoencoder
-def test_taef2_reconstructs_real_crops():
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_taef2_reconstructs_real_crops(precision):
+    """Both precisions reconstruct real crops (SSIM >= 0.9); bfloat16 decodes the same latents
+    within a grey level of float32 on average."""
     from posegen.data.images import read_image
     from posegen.metrics import ssim
 
     require(TAEF2_DIR)
     files = sorted((require(CUHK03 / "val")).glob("*.jpg"))[:8]
-    ae = load_taef2(TAEF2_DIR)
+    ae = load_taef2(TAEF2_DIR, precision=precision)
+    assert ae.precision == precision
     frames = []
     for f in files:
         im = read_image(f)
@@ -54,8 +58,31 @@ def test_taef2_reconstructs_real_crops():
         z = ae.encode(x)
         y = ae.decode(z)
     assert z.shape == (8, 32, 32, 16)
+    assert y.dtype == torch.float32 and z.dtype == torch.float32
     rec = (y.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
     assert float(np.mean(ssim(rec, np.stack(frames)))) >= 0.9
+    if precision != "float32":
+        with torch.no_grad():
+            y32 = ae.set_precision("float32").decode(z)
+        assert 0.0 < float((y - y32).abs().mean()) * 255 < 1.0  # it did run in bfloat16, and stays close
+
+
+def test_taef2_precision_choice(monkeypatch):
+    """``auto`` is bfloat16 exactly where the CPU computes it natively; an unknown precision is an
+    error naming the choices; the default model's sampling takes ``$POSEGEN_TAEF2_PRECISION``."""
+    from posegen.latent import taef2
+
+    require(TAEF2_DIR)
+    ae = load_taef2(TAEF2_DIR)
+    assert ae.precision == "float32"  # training and the latent cache: float32
+    assert ae.set_precision("auto").precision == ("bfloat16" if taef2.native_bf16() else "float32")
+    with pytest.raises(ValueError, match="float32, bfloat16, auto"):
+        ae.set_precision("fp16")
+    from posegen.repose import default_model_dir, load_latent_pipeline
+
+    monkeypatch.setenv("POSEGEN_TAEF2_PRECISION", "bfloat16")
+    assert load_latent_pipeline(default_model_dir(), TAEF2_DIR).autoencoder.precision == "bfloat16"
+    assert load_latent_pipeline(default_model_dir(), TAEF2_DIR, autoencoder_precision="float32").autoencoder.precision == "float32"
 
 
 def test_taef2_one_image_at_a_time_matches_the_batch():
