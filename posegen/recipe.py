@@ -343,6 +343,14 @@ class AugmentConfig(_Strict):
         description="latent model, with align_targets: turn each limb of the placed target back toward the source's "
         "(bone lengths kept) until it moves at most max_arm_motion / max_leg_motion (posegen.pose.keypoints.limit_limb_motion)",
     )
+    pose_bank_size: int | None = Field(
+        None,
+        ge=1,
+        description="with --limit (a trial on the first images), target poses are drawn from at least this many images: "
+        "the sources and the next images of the chosen splits (their poses are estimated, they are neither re-posed "
+        "nor copied); more candidate poses let more sources find targets that move the limbs little. null = the "
+        "sources only",
+    )
 
 
 class LatentConfig(_Strict):

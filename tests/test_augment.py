@@ -393,3 +393,20 @@ def test_target_choice_skips_targets_the_pose_only_checks_would_reject():
     assert _honour_check(limited, pose_of)("a.jpg", stand, np.stack([stand, phone])).tolist() == [True, True]
     assert _honour_check(default, pose_of)("a.jpg", stand, np.stack([stand, phone])).tolist() == [True, True]
 
+
+
+def test_pose_bank_extra_widens_a_trial_runs_bank():
+    """``--limit`` re-poses the first images; ``augment.pose_bank_size`` adds the next images of the
+    chosen splits (after any ``real_fraction`` subset: the pool) until the bank holds that many."""
+    from posegen.augment import pose_bank_extra
+
+    pool = pd.DataFrame({"path": [f"{i:04d}_00.jpg" for i in range(10)] + ["q1.jpg", "q2.jpg"],
+                         "pid": list(range(10)) + [1, 2], "split": ["train"] * 10 + ["query"] * 2})  # fmt: skip
+    manifest = pool.head(3)
+    got = pose_bank_extra(pool, manifest, ("train",), 6)
+    assert got["path"].tolist() == ["0003_00.jpg", "0004_00.jpg", "0005_00.jpg"]  # the next ones, in order
+    assert list(got.columns) == list(pool.columns)
+    assert pose_bank_extra(pool, manifest, ("train",), None).empty  # off: the sources only
+    assert pose_bank_extra(pool, manifest, ("train",), 3).empty  # the sources already fill it
+    assert len(pose_bank_extra(pool, manifest, ("train",), 100)) == 7  # never the query images
+    assert pose_bank_extra(pool, pool, ("train",), 100).empty  # no limit: every image is a source already

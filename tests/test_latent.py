@@ -673,11 +673,25 @@ def test_augment_with_the_default_model(cuhk03_train, blazepose, tmp_path):
     from posegen.filter import refilter
     from posegen.recipe import load_recipe
 
+    from posegen.pose.formats import read_poses
+
     _default_model()
     out = tmp_path / "out"
-    m = augment(cuhk03_train, out, recipe=load_recipe("default"), backend=blazepose, k=1, limit=6, seed=1)
+    rec = load_recipe("default")
+    assert rec.augment.pose_bank_size == 720
+    rec = rec.model_copy(update={"augment": rec.augment.model_copy(update={"pose_bank_size": 30})})  # a test-sized bank
+    m = augment(cuhk03_train, out, recipe=rec, backend=blazepose, k=1, limit=6, seed=1)
     syn = m[m["synthetic"] & (m["path"] != "")]
     assert len(syn) >= 3
+    # the pose bank: the 6 sources and the next 24 train images, whose poses only serve as targets
+    bank = read_poses(out / ".posegen" / "poses.parquet")
+    names = sorted(p.name for p in cuhk03_train.glob("*.jpg"))
+    assert sorted(bank["path"]) == names[:30]
+    real = m[~m["synthetic"]]
+    assert sorted(real["path"]) == names[:6] and set(m["source"]) <= set(names[:6])
+    assert not any((out / n).exists() for n in names[6:30])  # neither copied nor re-posed
+    assert set(m.loc[m["k"] > 0, "target_pose_source"]) <= set(names[:30])
+    assert set(m.loc[m["k"] > 0, "target_pose_source"]) & set(names[6:30])  # the wider bank is used
     for _, r in syn.iterrows():
         from PIL import Image
 
@@ -699,7 +713,8 @@ def test_augment_workers_do_not_change_the_outputs(cuhk03_train, blazepose, tmp_
 
     _default_model()
     rec = load_recipe("default")
-    rec = rec.model_copy(update={"sample": rec.sample.model_copy(update={"batch_size": 2})})  # several batches
+    rec = rec.model_copy(update={"sample": rec.sample.model_copy(update={"batch_size": 2}),  # several batches
+                                 "augment": rec.augment.model_copy(update={"pose_bank_size": None})})  # the sources only
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
