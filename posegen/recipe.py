@@ -343,6 +343,20 @@ class AugmentConfig(_Strict):
         description="latent model, with align_targets: turn each limb of the placed target back toward the source's "
         "(bone lengths kept) until it moves at most max_arm_motion / max_leg_motion (posegen.pose.keypoints.limit_limb_motion)",
     )
+    honour_invented_fraction: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="latent model, with target_pose_oks: the target choice's limit on the warp's predicted invented share "
+        "(the honour check); stricter than filter.max_invented_fraction, it steers the choice to targets the warp "
+        "honours with a margin while the filter still rejects only clear failures; null = the filter's",
+    )
+    honour_foreign_fraction: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="the same for the predicted foreign-part share (filter.max_foreign_fraction); null = the filter's",
+    )
     pose_bank_size: int | None = Field(
         None,
         ge=1,

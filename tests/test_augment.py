@@ -365,7 +365,9 @@ def test_target_choice_skips_targets_the_pose_only_checks_would_reject():
     from posegen.augment.run import _honour_check, placed_target
 
     default = load_recipe("default")
-    recipe = default.model_copy(update={"augment": default.augment.model_copy(update={"limit_limb_motion": False})})
+    assert (default.augment.honour_invented_fraction, default.augment.honour_foreign_fraction) == (0.16, 0.02)
+    free = {"limit_limb_motion": False, "honour_invented_fraction": None, "honour_foreign_fraction": None}  # the filter's limits
+    recipe = default.model_copy(update={"augment": default.augment.model_copy(update=free)})
     pose_of = pd.DataFrame({"width": [64], "height": [128]}, index=["a.jpg"])
     honour = _honour_check(recipe, pose_of)
     stand = standing_pose()
@@ -375,6 +377,11 @@ def test_target_choice_skips_targets_the_pose_only_checks_would_reject():
     assert honour("a.jpg", across, stand[None]).tolist() == [False]
     off = recipe.model_copy(update={"filter": recipe.filter.model_copy(update={"max_foreign_fraction": None})})
     assert _honour_check(off, pose_of)("a.jpg", across, stand[None]).tolist() == [True]  # the foreign test is off
+    # augment.honour_foreign_fraction: the choice's own limit, whatever the filter's
+    loose = recipe.model_copy(update={"augment": recipe.augment.model_copy(update={"honour_foreign_fraction": 1.0})})
+    assert _honour_check(loose, pose_of)("a.jpg", across, stand[None]).tolist() == [True]
+    own = off.model_copy(update={"augment": off.augment.model_copy(update={"honour_foreign_fraction": 0.04})})
+    assert _honour_check(own, pose_of)("a.jpg", across, stand[None]).tolist() == [False]
     none = off.model_copy(update={"filter": off.filter.model_copy(update={"max_invented_fraction": None}),
                                   "augment": off.augment.model_copy(update={"avoid_hands_onto_torso": False})})
     assert _honour_check(none, pose_of) is None

@@ -714,7 +714,9 @@ def test_augment_workers_do_not_change_the_outputs(cuhk03_train, blazepose, tmp_
     _default_model()
     rec = load_recipe("default")
     rec = rec.model_copy(update={"sample": rec.sample.model_copy(update={"batch_size": 2}),  # several batches
-                                 "augment": rec.augment.model_copy(update={"pose_bank_size": None})})  # the sources only
+                                 "augment": rec.augment.model_copy(update={"pose_bank_size": None,  # the sources only, and the
+                                                                           "honour_invented_fraction": None,  # filter's limits:
+                                                                           "honour_foreign_fraction": None})})  # rows enough
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
