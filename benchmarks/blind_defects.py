@@ -16,6 +16,10 @@ Usage::
     # look at DIR/sheet_*.png, write the defective numbers (spaces, commas or lines; '#' comments) to LABELS
     .venv/bin/python benchmarks/blind_defects.py score DIR --labels LABELS [--tag TAG]
 
+``within RUN...`` prints the share of each run's generated outputs whose chosen target lies within both
+limb-motion limits; ``scores TAG...`` compares the filter's scores of the outputs labelled in earlier
+rounds, defective against not.
+
 ``sheets`` writes ``DIR/key.csv`` (which run made which number: do not read it before labelling)
 and ``DIR/sheet_*.png``. ``score`` prints a table and writes
 ``benchmarks/results/blind_defects[-TAG].{json,md}``. Only sources whose identity (``pid``) is at
@@ -103,19 +107,72 @@ def sheets(a: Path, b: Path, n: int, seed: int, out: Path, root: Path, min_pid: 
     print(f"{len(df)} images on {(len(df) + per - 1) // per} sheets in {out}")
 
 
-def _motion(run: Path, path: str) -> tuple[float, float]:
-    """(arm, leg) motion of a kept output's target placed on its source, in source torso lengths."""
+def _motions(run: Path, paths) -> list[tuple[float, float]]:
+    """(arm, leg) motion of each output's target placed on its source, in source torso lengths
+    (before any ``augment.limit_limb_motion``), for ``paths`` of ``run``'s manifest."""
     from posegen.pose.keypoints import ARM_JOINTS, LEG_JOINTS, joint_motion
     from posegen.repose.warp import align_pose, view_matched_source
 
     m = pd.read_parquet(run / "manifest.parquet").set_index("path")
     poses = pd.read_parquet(run / ".posegen" / "poses.parquet").set_index("path")
-    row = m.loc[path]
-    sk = np.asarray(poses.loc[row["source"], "keypoints"], np.float32).reshape(1, 17, 3)
-    tk = np.asarray(poses.loc[row["target_pose_source"], "keypoints"], np.float32).reshape(1, 17, 3)
+    rows = m.loc[list(paths)]
+    if not len(rows):
+        return []
+    sk = np.stack([np.asarray(poses.loc[s, "keypoints"], np.float32).reshape(17, 3) for s in rows["source"]])
+    tk = np.stack([np.asarray(poses.loc[t, "keypoints"], np.float32).reshape(17, 3) for t in rows["target_pose_source"]])
     placed = align_pose(tk, sk)
     paired = view_matched_source(sk, placed).numpy()
-    return float(joint_motion(paired, placed, ARM_JOINTS)[0]), float(joint_motion(paired, placed, LEG_JOINTS)[0])
+    return list(zip(joint_motion(paired, placed, ARM_JOINTS).tolist(), joint_motion(paired, placed, LEG_JOINTS).tolist()))
+
+
+def within(runs: list[Path], max_arm: float, max_leg: float) -> None:
+    """Print, per run, the share of generated outputs whose chosen target lies within both
+    limb-motion limits (placed on the source, before any limb is moved back), and the kept ones
+    within and beyond; writes ``benchmarks/results/blind_defects-within.md``."""
+    lines = [f"| run | generated | within both limits (arms <= {max_arm:g}, legs <= {max_leg:g}) | kept within | kept beyond |",
+             "| --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for run in runs:
+        m = pd.read_parquet(run / "manifest.parquet")
+        gen = m[m["synthetic"] & (m["k"] > 0) & (m["path"] != "")]
+        mot = np.array(_motions(run, gen["path"]), dtype=np.float64).reshape(-1, 2)
+        ok = ~(mot[:, 0] > max_arm) & ~(mot[:, 1] > max_leg)  # NaN (no shared joint) is within
+        kept = gen["kept"].to_numpy(bool)
+        lines.append(f"| {run} | {len(gen)} | {ok.mean():.0%} | {int((ok & kept).sum())} | {int((~ok & kept).sum())} |")
+    cmd = "python benchmarks/blind_defects.py within " + " ".join(map(str, runs))
+    text = "\n".join([f"# Generated outputs whose target lies within the limb-motion limits\n", f"`{cmd}` at commit {commit()}\n", *lines])
+    print(text)
+    atomic_write_text(RESULTS / "blind_defects-within.md", text + "\n")
+
+
+#: Manifest scores compared between the outputs marked defective and the others (:func:`scores`).
+SCORE_COLUMNS = ("oks", "identity_sim", "identity_sim_others", "source_ssim", "source_pose_oks", "sharpness_ratio",
+                 "foreign_fraction", "invented_fraction")  # fmt: skip
+
+
+def scores(tags: list[str]) -> None:
+    """The filter's scores of the labelled outputs of earlier rounds (``blind_defects-TAG.json``
+    keys joined with their runs' manifests): median among the defective and the other outputs and
+    the Mann-Whitney U test's p, per score. Writes ``benchmarks/results/blind_defects-scores.md``."""
+    from scipy.stats import mannwhitneyu
+
+    frames = []
+    for tag in tags:
+        key = pd.DataFrame(json.loads((RESULTS / f"blind_defects-{tag}.json").read_text())["key"])
+        for run, part in key.groupby("run"):
+            m = pd.read_parquet(Path(run) / "manifest.parquet").set_index("path")
+            frames.append(part.join(m[list(SCORE_COLUMNS)], on="path"))
+    k = pd.concat(frames, ignore_index=True)
+    cmd = "python benchmarks/blind_defects.py scores " + " ".join(tags)
+    lines = ["# The filter's scores of outputs labelled blind\n", f"`{cmd}` at commit {commit()}\n",
+             f"{len(k)} labelled kept outputs, {int(k['defect'].sum())} with a visible defect.\n",
+             "| score | median, defect | median, no defect | Mann-Whitney p |", "| --- | ---: | ---: | ---: |"]
+    for c in SCORE_COLUMNS:
+        a, b = k.loc[k["defect"], c].astype(float).dropna(), k.loc[~k["defect"], c].astype(float).dropna()
+        p = float(mannwhitneyu(a, b).pvalue) if len(a) and len(b) else float("nan")
+        lines.append(f"| {c} | {a.median():.3f} | {b.median():.3f} | {p:.4f} |")
+    text = "\n".join(lines)
+    print(text)
+    atomic_write_text(RESULTS / "blind_defects-scores.md", text + "\n")
 
 
 def score(out: Path, labels: Path, tag: str | None, max_arm: float, max_leg: float) -> None:
@@ -129,8 +186,11 @@ def score(out: Path, labels: Path, tag: str | None, max_arm: float, max_leg: flo
     if unknown:
         raise SystemExit(f"labels name numbers that are not on the sheets: {sorted(unknown)}")
     key["defect"] = key["id"].isin(bad)
-    mot = [_motion(Path(r), p) for r, p in zip(key["run"], key["path"])]
-    key["arm_motion"], key["leg_motion"] = [a for a, _ in mot], [g for _, g in mot]
+    mot = {}
+    for run, part in key.groupby("run"):
+        mot.update(zip(zip(part["run"], part["path"]), _motions(Path(run), part["path"])))
+    key["arm_motion"] = [mot[(r, p)][0] for r, p in zip(key["run"], key["path"])]
+    key["leg_motion"] = [mot[(r, p)][1] for r, p in zip(key["run"], key["path"])]
     key["within"] = ~(key["arm_motion"] > max_arm) & ~(key["leg_motion"] > max_leg)
 
     def table(by: str) -> list[dict]:
@@ -182,11 +242,21 @@ def main() -> None:
     c.add_argument("--tag", default=None)
     c.add_argument("--max-arm", type=float, default=0.25)
     c.add_argument("--max-leg", type=float, default=0.3)
+    w = sub.add_parser("within", help="share of generated outputs whose target lies within both limb-motion limits")
+    w.add_argument("runs", type=Path, nargs="+")
+    w.add_argument("--max-arm", type=float, default=0.25)
+    w.add_argument("--max-leg", type=float, default=0.3)
+    k = sub.add_parser("scores", help="the filter's scores of outputs labelled in earlier rounds, defect vs none")
+    k.add_argument("tags", nargs="+", help="the --tag of earlier score runs (their results files hold the keys)")
     args = ap.parse_args()
     if args.cmd == "sheets":
         sheets(args.run_a, args.run_b, args.n, args.seed, args.out, args.root, args.min_pid, args.skip, args.changed)
-    else:
+    elif args.cmd == "score":
         score(args.out, args.labels, args.tag, args.max_arm, args.max_leg)
+    elif args.cmd == "within":
+        within(args.runs, args.max_arm, args.max_leg)
+    else:
+        scores(args.tags)
 
 
 if __name__ == "__main__":

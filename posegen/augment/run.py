@@ -219,18 +219,14 @@ def placed_target(recipe: Recipe, source_kp: np.ndarray, target_kp: np.ndarray) 
 def _limited_limbs(recipe: Recipe, source_kp: np.ndarray, placed_kp: np.ndarray) -> np.ndarray:
     """``placed_kp`` (``float [N, 17, 3]``, targets already placed on the source person, source
     pixels) with each limb moved back within :func:`limb_motion_limits` (unchanged when they are
-    off), the source (``float [17, 3]``) paired as the warp pairs it. Returns ``float32 [N, 17, 3]``."""
-    kp = np.array(placed_kp, np.float32).reshape(-1, 17, 3)
+    off), the source (``float [17, 3]``) paired as the warp pairs it
+    (:func:`posegen.repose.warp.limit_placed_limbs`). Returns ``float32 [N, 17, 3]``."""
     limits = limb_motion_limits(recipe)
     if limits is None:
-        return kp
-    from ..pose.keypoints import limit_limb_motion
-    from ..repose.warp import view_matched_source
+        return np.array(placed_kp, np.float32).reshape(-1, 17, 3)
+    from ..repose.warp import limit_placed_limbs
 
-    min_score = recipe.pose.min_score
-    src = np.repeat(np.array(source_kp, np.float32).reshape(1, 17, 3), len(kp), 0)
-    paired = view_matched_source(src, kp, min_score=min_score).numpy()
-    return limit_limb_motion(paired, kp, *limits, min_score=min_score)
+    return limit_placed_limbs(source_kp, placed_kp, *limits, min_score=recipe.pose.min_score)
 
 
 def _limb_preference(recipe: Recipe):

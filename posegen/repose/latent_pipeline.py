@@ -30,10 +30,9 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..latent.frame import from_frame_keypoints, letterbox_params, to_frame_keypoints
 from ..latent.taef2 import LATENT_SCALE, TAEF2
-from ..pose.keypoints import limit_limb_motion
 from .latent import FRAME_HW, latent_conditions, warp_inputs
 from .pipeline import _sizes, check_repose_inputs
-from .warp import align_pose, view_matched_source
+from .warp import align_pose, limit_placed_limbs
 
 _SEGMENTER_LOCK = threading.Lock()
 
@@ -226,8 +225,7 @@ class LatentReposePipeline(DiffusionPipeline):
         if align:
             used_src_px = align_pose(tgt_kp, src_kp, min_score=min_score)  # source pixels
             if limb_motion_limits is not None:
-                paired = view_matched_source(src_kp, used_src_px, min_score=min_score).numpy()
-                used_src_px = limit_limb_motion(paired, used_src_px, *limb_motion_limits, min_score=min_score)
+                used_src_px = limit_placed_limbs(src_kp, used_src_px, *limb_motion_limits, min_score=min_score)
             tkp = np.stack([to_frame_keypoints(k, bx) for k, bx in zip(used_src_px, boxes)])
         else:
             tboxes = [letterbox_params((int(s[0]), int(s[1])), FRAME_HW) for s in tgt_sizes]

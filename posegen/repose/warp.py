@@ -73,7 +73,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from posegen.pose.keypoints import COCO17_FLIP_INDEX, NUM_KEYPOINTS, near_side, pose_view
+from posegen.pose.keypoints import COCO17_FLIP_INDEX, NUM_KEYPOINTS, limit_limb_motion, near_side, pose_view
 
 __all__ = [
     "BONES",
@@ -90,6 +90,7 @@ __all__ = [
     "foreign_part_mask",
     "CONSTRAINED_WARP",
     "view_matched_source",
+    "limit_placed_limbs",
 ]
 
 #: :func:`limb_flow` options of posegen's default model (bounded part transforms that keep the body
@@ -996,3 +997,33 @@ def align_pose(target_kp, source_kp, *, min_score: float = 0.5, max_scale: float
         k = float(np.clip(ss[i] / st[i], 1.0 / max_scale, max_scale))
         t[i, :, :2] = (t[i, :, :2] - ct) * k + cs
     return t[0] if single else t
+
+
+def limit_placed_limbs(source_kp, target_kp, max_arm: float | None, max_leg: float | None, *, min_score: float = 0.5) -> np.ndarray:
+    """Target poses placed on the source person with each limb moved back within the limb-motion
+    limits, the source paired as the warp pairs it (:func:`view_matched_source`, labels swapped
+    when the two face opposite ways) before :func:`posegen.pose.keypoints.limit_limb_motion` turns
+    the limbs. The one place both :class:`~posegen.repose.LatentReposePipeline` (``align`` with
+    ``limb_motion_limits``) and ``augment``'s target choice and scoring
+    (:func:`posegen.augment.run.placed_target`) limit a target.
+
+    Args:
+        source_kp: ``float [17, 3]`` (one source for every target) or ``[N, 17, 3]`` COCO-17
+            ``(x, y, score)``, pixels of the source image (x right, y down).
+        target_kp: ``float [N, 17, 3]`` (or ``[17, 3]``), already placed on the source person
+            (:func:`align_pose`), same pixels.
+        max_arm, max_leg: the limits in source torso lengths (None: those limbs unchanged).
+        min_score: joint presence threshold.
+
+    Returns:
+        ``float32 [N, 17, 3]`` numpy, source pixels.
+
+    Raises:
+        ValueError: keypoints that are not ``[17, 3]`` / ``[N, 17, 3]``, batch sizes that differ, a
+            limit that is not positive.
+    """
+    tgt = np.array(target_kp, dtype=np.float32).reshape(-1, NUM_KEYPOINTS, 3)
+    src = np.array(source_kp, dtype=np.float32)
+    src = np.repeat(src.reshape(1, NUM_KEYPOINTS, 3), len(tgt), 0) if src.ndim == 2 else src
+    paired = view_matched_source(src, tgt, min_score=min_score).numpy()
+    return limit_limb_motion(paired, tgt, max_arm, max_leg, min_score=min_score)
