@@ -318,7 +318,7 @@ def test_resume_survives_a_recipe_field_added_since(tmp_path):
 
 
 def test_target_preference_for_little_limb_motion():
-    """``augment.max_arm_motion`` / ``max_leg_motion`` (the default recipe: 0.25 / 0.3): a target
+    """``augment.max_arm_motion`` / ``max_leg_motion`` (the default recipe: 0.2 / 0.2): a target
     that moves an elbow or a wrist (a knee or an ankle) farther than that many source torso lengths
     (here 32 px) ranks after those within, one beyond both limits last; a pose whose arms are not
     shared counts as within, and a front
@@ -329,7 +329,7 @@ def test_target_preference_for_little_limb_motion():
     from posegen.augment.run import _limb_preference
 
     recipe = load_recipe("default")
-    assert (recipe.augment.max_arm_motion, recipe.augment.max_leg_motion) == (0.25, 0.3)
+    assert (recipe.augment.max_arm_motion, recipe.augment.max_leg_motion) == (0.2, 0.2)
     stand = standing_pose()
     swing = stand.copy()
     swing[[9, 10], 0] += [-6, 6]  # both wrists swung out by 6 px: 0.19 torso lengths
@@ -365,7 +365,7 @@ def test_target_choice_skips_targets_the_pose_only_checks_would_reject():
     from posegen.augment.run import _honour_check, placed_target
 
     default = load_recipe("default")
-    assert (default.augment.honour_invented_fraction, default.augment.honour_foreign_fraction) == (0.16, 0.02)
+    assert (default.augment.honour_invented_fraction, default.augment.honour_foreign_fraction) == (0.12, 0.01)
     free = {"limit_limb_motion": False, "honour_invented_fraction": None, "honour_foreign_fraction": None}  # the filter's limits
     recipe = default.model_copy(update={"augment": default.augment.model_copy(update=free)})
     pose_of = pd.DataFrame({"width": [64], "height": [128]}, index=["a.jpg"])

@@ -145,9 +145,10 @@ def _honour_check(recipe: Recipe, pose_of: pd.DataFrame):
     foreign-part share (:func:`posegen.filter.artifacts.foreign_fraction`, computed at half the
     filter's 256x128 to keep the choice cheap) at most ``augment.honour_foreign_fraction`` (else
     ``filter.max_foreign_fraction``); a check that is off (None) is not tested. The default recipe
-    chooses with stricter limits than the filter rejects with (0.16 and 0.02 against 0.2 and 0.04):
+    chooses with stricter limits than the filter rejects with (0.12 and 0.01 against 0.2 and 0.04):
     outputs with a visible defect have higher shares (``benchmarks/blind_defects.py``, rounds
-    ``tight`` and ``tight2``), and a margin at the choice costs the fixed-pair benchmarks nothing.
+    ``tight``, ``tight2``, ``conservative`` and ``conservative2``), and a margin at the choice costs
+    the fixed-pair benchmarks nothing.
     With ``augment.avoid_hands_onto_torso``, also no more wrists over the torso than the source
     (:func:`posegen.pose.keypoints.wrists_in_torso`: the warp lays a hanging forearm flat across
     the chest). The checks are made on the pose the model will be asked for: with
