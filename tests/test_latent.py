@@ -750,7 +750,7 @@ def test_limb_motion_limits_are_the_pose_augment_scores_against(blazepose):
     _default_model()
     recipe = load_recipe("default")
     limits = limb_motion_limits(recipe)
-    assert limits == (0.25, 0.3)
+    assert limits == (0.2, 0.2)
     src, _, src_kp, tgt_kp, sizes = _val_pairs(blazepose, 4)
     free = recipe.model_copy(update={"augment": recipe.augment.model_copy(update={"limit_limb_motion": False})})
     moved = [not np.allclose(placed_target(recipe, sk, tk), placed_target(free, sk, tk)) for sk, tk in zip(src_kp, tgt_kp)]

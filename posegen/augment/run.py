@@ -238,8 +238,9 @@ def _limb_preference(recipe: Recipe):
     first, then those beyond one limit, then those beyond both (the rank: how many limits a target
     exceeds, ``int64 [N]``); a limb with no joint in common counts as within its limit. The warp
     drags what lies beside a moved forearm or shin along and leaves a hole where it was; by eye,
-    kept outputs show a defect about 2 times in 10 within both limits, 5 beyond one, 7 beyond both
-    (``benchmarks/blind_defects.py``). None when both are off."""
+    kept outputs showed a defect about 2 times in 10 within both limits of 0.25 / 0.3, 5 beyond one, 7
+    beyond both, and tighter limits and honour margins (the default recipe's 0.2 / 0.2) cut the share
+    further (``benchmarks/blind_defects.py``, rounds 1-3 and 14-15). None when both are off."""
     limits = [(t, j) for t, j in ((recipe.augment.max_arm_motion, "arms"), (recipe.augment.max_leg_motion, "legs")) if t is not None]
     if not limits:
         return None
