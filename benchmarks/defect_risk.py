@@ -21,10 +21,10 @@ outputs with the fitted model (the model's own view of their defect share, a che
 blind rounds, not a count by eye).
 
 What it found (see ``benchmarks/results/defect_risk.md``): each of the four predicts a defect a little
-(ROC AUC 0.57-0.62 alone, 0.65 together on a held-out round, averaged over rounds), the leg motion and the copied
+(ROC AUC 0.55-0.60 alone, 0.63 together on a held-out round, averaged over rounds), the leg motion and the copied
 body parts most; the default recipe's tighter limb-motion limits and honour margins follow from it.
 Ranking each source's candidate targets by the fitted risk (a pool of 3 or 10 candidates per target)
-moved the model's predicted defect share of the README main job only from 47 % to 44-45 %: most sources
+moved the model's predicted defect share of the README main job only from 51 % to 49 %: most sources
 have few candidates within the limb-motion limits, so it was not kept.
 
 Usage::
