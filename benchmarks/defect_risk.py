@@ -33,6 +33,7 @@ Usage::
     .venv/bin/python benchmarks/defect_risk.py table   # needs the rounds' runs under runs/
     .venv/bin/python benchmarks/defect_risk.py fit
     .venv/bin/python benchmarks/defect_risk.py compare RUN_A RUN_B   # augment outputs under the fitted risk
+    .venv/bin/python benchmarks/defect_risk.py repaint TAG...        # the repainted region's scores vs the labels
 """
 
 from __future__ import annotations
@@ -164,6 +165,89 @@ def compare(runs: list[Path]) -> None:
     atomic_write_text(RESULTS / "defect_risk-compare.md", text + "\n")
 
 
+def _repaint_scores(run: Path, recipe, row, source_dir: Path) -> dict:
+    """Scores of one output's repainted region: its share of the frame (all of it and below the
+    target's hips), the mean absolute difference between the output and the pixel warp's filled-in
+    background there (0..1 grey levels, as a sum over the frame too), how much darker than that fill
+    it is, and its grey-level gradient relative to the source's whole frame."""
+    import torch
+    from PIL import Image
+
+    from posegen.augment.run import placed_target
+    from posegen.latent import letterbox_params, to_frame_keypoints
+    from posegen.repose.latent import FRAME_HW, warp_inputs
+
+    poses = pd.read_parquet(run / ".posegen" / "poses.parquet").set_index("path")
+    sk = np.asarray(poses.loc[row["source"], "keypoints"], np.float32).reshape(17, 3)
+    tk = np.asarray(poses.loc[row["target_pose_source"], "keypoints"], np.float32).reshape(17, 3)
+    placed = placed_target(recipe, sk, tk)
+    src_img = np.asarray(Image.open(source_dir / row["source"]).convert("RGB"))
+    box = letterbox_params((src_img.shape[1], src_img.shape[0]), FRAME_HW)
+    frame = box.image_to_frame(src_img)
+    x = torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 255.0
+    s_kp = torch.from_numpy(to_frame_keypoints(sk, box))[None]
+    t_kp = torch.from_numpy(to_frame_keypoints(placed, box))[None]
+    inside = torch.from_numpy(np.ascontiguousarray(box.inside_mask()))[None, None]
+    warp, repair = warp_inputs(x, s_kp, t_kp, recipe.pose.min_score, return_repair=True, inside=inside, upscale=[box.scale[0]])
+    fill = warp[0].permute(1, 2, 0).numpy()
+    mask = repair[0, 0].numpy() > 0.5
+    out = box.image_to_frame(np.asarray(Image.open(run / row["path"]).convert("RGB"))).astype(np.float32) / 255.0
+    f = {"area": float(mask.mean())}
+    if mask.sum() < 5:
+        return f
+
+    def grad(a: np.ndarray) -> np.ndarray:
+        g = a.mean(2)
+        return np.abs(np.diff(g, axis=1, append=g[:, -1:])) + np.abs(np.diff(g, axis=0, append=g[-1:]))
+
+    dev = np.abs(out - fill).mean(2)
+    hips = np.nanmean(t_kp[0, 11:13, 1].numpy())
+    lower = mask & (np.arange(mask.shape[0])[:, None] > hips)
+    f.update(area_lower=float(lower.mean()), dev_mean=float(dev[mask].mean()), dev_sum=float(dev[mask].sum() / mask.size),
+             dev_lower=float(dev[lower].sum() / mask.size), dark_mean=float((fill.mean(2) - out.mean(2))[mask].mean()),
+             grad_ratio=float(grad(out)[mask].mean() / (grad(frame.astype(np.float32) / 255.0)[inside[0, 0].numpy() > 0.5].mean() + 1e-6)))  # fmt: skip
+    return f
+
+
+def repaint(tags: list[str], source_dir: Path) -> None:
+    """ROC AUC of scores of the repainted region (:func:`_repaint_scores`) for the outputs labelled
+    in rounds ``tags``: could a filter check on them reject what the eye calls defective? Each run's
+    outputs are rebuilt with its own recipe (``OUT/.posegen/run.json``) and this checkout's warp, so
+    runs made with other warp code (a scratch edit) do not belong here; runs made with person masks
+    are left out (their repaint region needs the segmenter). Writes
+    ``benchmarks/results/defect_risk-repaint.md``."""
+    from sklearn.metrics import roc_auc_score
+
+    from posegen.recipe import Recipe
+
+    rows, skipped = [], set()
+    for tag in tags:
+        key = pd.DataFrame(json.loads((RESULTS / f"blind_defects-{tag}.json").read_text())["key"])
+        for run, part in key.groupby("run"):
+            run = REPO / run
+            recipe = Recipe.model_validate(json.loads((run / ".posegen" / "run.json").read_text())["recipe"])
+            if recipe.sample.person_masks:
+                skipped.add(str(run.relative_to(REPO)))
+                continue
+            m = pd.read_parquet(run / "manifest.parquet").set_index("path")
+            for _, r in part.iterrows():
+                row = m.loc[r["path"]]
+                rows.append({"defect": bool(r["defect"]), **_repaint_scores(run, recipe, {"path": r["path"], **row.to_dict()}, source_dir)})
+    t = pd.DataFrame(rows)
+    cmd = "python benchmarks/defect_risk.py repaint " + " ".join(tags)
+    lines = ["# Scores of the repainted region against the blind labels\n", f"`{cmd}` at commit {commit()}\n",
+             f"{len(t)} labelled kept outputs, {int(t['defect'].sum())} with a visible defect"
+             + (f"; left out (person masks): {', '.join(sorted(skipped))}" if skipped else "") + ".\n",
+             "| score | ROC AUC | median, defect | median, no defect |", "| --- | ---: | ---: | ---: |"]  # fmt: skip
+    for c in ["area", "area_lower", "dev_mean", "dev_sum", "dev_lower", "dark_mean", "grad_ratio"]:
+        d = t.dropna(subset=[c])
+        y = d["defect"].to_numpy(bool)
+        lines.append(f"| {c} | {roc_auc_score(y, d[c]):.3f} | {d.loc[y, c].median():.4f} | {d.loc[~y, c].median():.4f} |")
+    text = "\n".join(lines)
+    print(text)
+    atomic_write_text(RESULTS / "defect_risk-repaint.md", text + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -172,11 +256,17 @@ def main() -> None:
     f.add_argument("--c", type=float, default=1.0, help="inverse L2 strength of the logistic regression")
     k = sub.add_parser("compare", help="kept outputs of augment runs under the fitted risk")
     k.add_argument("runs", type=Path, nargs="+")
+    r = sub.add_parser("repaint", help="scores of the repainted region against the labels of earlier rounds")
+    r.add_argument("tags", nargs="+", help="the --tag of earlier blind_defects.py score runs")
+    r.add_argument("--root", type=Path, default=REPO.parent / "shared" / "data" / "cuhk03-detected" / "detected" / "train",
+                   help="the folder the runs' sources came from")
     args = ap.parse_args()
     if args.cmd == "table":
         table()
     elif args.cmd == "compare":
         compare(args.runs)
+    elif args.cmd == "repaint":
+        repaint(args.tags, args.root)
     else:
         fit(args.c)
 
