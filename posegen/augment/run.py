@@ -104,7 +104,7 @@ from .targets import choose_targets
 __all__ = [
     "augment", "synthetic_name", "summarize", "encode_image", "OutputDirError", "MANIFEST_COLUMNS",
     "SCORE_COLUMNS", "with_score_columns", "NO_REID_NOTE", "STATE_DIR", "SOURCE_MAX_SIDE", "INPUT_REJECTED", "written_files", "shard_of",
-    "pose_bank_extra",
+    "pose_bank_extra", "placed_target", "report_placement",
 ]  # fmt: skip
 
 STATE_DIR = ".posegen"
@@ -215,6 +215,16 @@ def placed_target(recipe: Recipe, source_kp: np.ndarray, target_kp: np.ndarray) 
     src = np.array(source_kp, np.float32).reshape(17, 3)  # a writable copy (torch warns on read-only arrays)
     kp = np.asarray(align_pose(np.asarray(target_kp, np.float32).reshape(17, 3), src, min_score=recipe.pose.min_score), np.float32)
     return _limited_limbs(recipe, src, kp[None])[0]
+
+
+def report_placement(recipe: Recipe, latent: bool):
+    """The ``place_target`` of :func:`posegen.report.write_report` for an output of ``recipe``:
+    :func:`placed_target` (``source_kp, target_kp -> float32 [17, 3]``, source pixels) when the model
+    is the latent (default) family and ``augment.align_targets`` places targets on the source person,
+    else None (the report draws the bank pose). Used by ``augment`` and ``posegen filter`` alike."""
+    if not (latent and recipe.augment.align_targets):
+        return None
+    return lambda source_kp, target_kp: placed_target(recipe, source_kp, target_kp)
 
 
 def _limited_limbs(recipe: Recipe, source_kp: np.ndarray, placed_kp: np.ndarray) -> np.ndarray:
@@ -929,9 +939,9 @@ def augment(
     # 9. the visual report
     from ..report import write_report
 
-    place = (lambda s_kp, t_kp: placed_target(recipe, s_kp, t_kp)) if latent_model and recipe.augment.align_targets else None
     write_report(
-        out, result, recipe, prior_threshold=max_energy, rows=report_rows, seed=seed, notes=settings["notes"], place_target=place,
+        out, result, recipe, prior_threshold=max_energy, rows=report_rows, seed=seed, notes=settings["notes"],
+        place_target=report_placement(recipe, latent_model),
     )  # fmt: skip
     return result
 

@@ -80,7 +80,7 @@ def refilter(
     """
     from ..augment.run import (
         MANIFEST_COLUMNS, NO_REID_NOTE, SCORE_COLUMNS, STATE_DIR, _decode, _identity_reference, with_score_columns,
-        _prior_energies, _Scorer, placed_target, synthetic_name,
+        _prior_energies, _Scorer, report_placement, synthetic_name,
     )  # fmt: skip
     from ..data import load_dataset
     from ..pose.formats import read_poses
@@ -193,9 +193,8 @@ def refilter(
     )  # fmt: skip
     from ..report import write_report
 
-    place = (lambda s_kp, t_kp: placed_target(recipe, s_kp, t_kp)) if latent and recipe.augment.align_targets else None
     write_report(
         out, new, recipe, prior_threshold=max_energy, rows=report_rows, seed=int(settings.get("seed", 0)),
-        notes=notes, place_target=place,
+        notes=notes, place_target=report_placement(recipe, latent),
     )  # fmt: skip
     return new
