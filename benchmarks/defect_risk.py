@@ -21,12 +21,12 @@ outputs with the fitted model (the model's own view of their defect share, a che
 blind rounds, not a count by eye).
 
 What it found (see ``benchmarks/results/defect_risk.md``): each of the four predicts a defect a little
-(ROC AUC 0.55-0.60 alone, 0.63 together on a held-out round, averaged over rounds), the leg motion and the copied
+(ROC AUC 0.55-0.59 alone, 0.62 together on a held-out round, averaged over rounds), the leg motion and the copied
 body parts most; the default recipe's tighter limb-motion limits and honour margins follow from it.
 Ranking each source's candidate targets by the fitted risk (a pool of 3 or 10 candidates per target)
 moved the model's predicted defect share of the README main job only from 51 % to 49 %: most sources
 have few candidates within the limb-motion limits, so it was not kept. ``embed``: OSNet embeddings of
-the outputs reach ROC AUC 0.76 with a run held out but 0.58 with a source identity held out (the
+the outputs reach ROC AUC 0.78 with a run held out but 0.58 with a source identity held out (the
 rounds share 13 people, and some people's outputs are defective whatever the target): too few
 identities are labelled to learn a defect check from appearance.
 
