@@ -273,7 +273,7 @@ def embed(weights: Path, source_dir: Path, c: float) -> None:
     src = emb.embed([read_image(source_dir / (p.rsplit("_pg", 1)[0] + Path(p).suffix)) for p in t["path"]])
     out, src = (np.asarray(e, np.float64) / np.linalg.norm(e, axis=1, keepdims=True) for e in (out, src))
     y = t["defect"].to_numpy(bool)
-    inputs = {"pose features (as `fit`)": np.nan_to_num(t[FEATURES].to_numpy(np.float64)),
+    inputs = {"pose features of `fit` (a missing one as 0)": np.nan_to_num(t[FEATURES].to_numpy(np.float64)),
               "output embedding": out, "output - source embedding": out - src}
     splits = {"run": t["run"].to_numpy(), "identity": t["path"].str[:4].to_numpy()}
     cmd = "python benchmarks/defect_risk.py embed" + (f" --c {c:g}" if c != 0.01 else "")
