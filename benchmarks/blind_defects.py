@@ -139,7 +139,7 @@ def within(runs: list[Path], max_arm: float, max_leg: float) -> None:
         kept = gen["kept"].to_numpy(bool)
         lines.append(f"| {run} | {len(gen)} | {ok.mean():.0%} | {int((ok & kept).sum())} | {int((~ok & kept).sum())} |")
     cmd = "python benchmarks/blind_defects.py within " + " ".join(map(str, runs))
-    text = "\n".join([f"# Generated outputs whose target lies within the limb-motion limits\n", f"`{cmd}` at commit {commit()}\n", *lines])
+    text = "\n".join(["# Generated outputs whose target lies within the limb-motion limits\n", f"`{cmd}` at commit {commit()}\n", *lines])
     print(text)
     atomic_write_text(RESULTS / "blind_defects-within.md", text + "\n")
 
